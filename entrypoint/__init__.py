@@ -1,0 +1,7 @@
+"""Build an AWS Lambda container image with BuildKit and publish it to Amazon ECR.
+
+The package is the entrypoint of the `lambda-image-publish` GitHub Action
+(`python -m entrypoint`); every outside system sits behind one module:
+`buildkit` (docker CLI), `engine` (docker-py), `ecr` (boto3), `registry`
+(the registry's HTTP API) and `github` (log commands and files).
+"""

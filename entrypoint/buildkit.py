@@ -1,0 +1,214 @@
+"""Builds through the docker CLI with BuildKit: `docker buildx build` where buildx exists,
+else `DOCKER_BUILDKIT=1 docker build` (docker-py cannot drive BuildKit).
+
+`build_command` is a pure function of the builder and the request, pinned by a table test;
+`run_build` streams the log and, on failure, names the step that failed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from entrypoint import github
+from entrypoint.errors import BuildError, EngineError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from pathlib import Path
+
+BuilderKind = Literal["buildx", "docker-build"]
+
+# Docker 23 made buildx the only way to BuildKit from `docker build`; older CLIs build
+# with BuildKit themselves when DOCKER_BUILDKIT=1.
+_LEGACY_BUILDKIT_CLI_MAJOR = 23
+
+
+@dataclass(frozen=True)
+class Builder:
+    kind: BuilderKind
+    cli: str
+    version: str
+    driver: str = "docker"  # buildx driver; the engine's own BuildKit for plain docker build
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    dockerfile: Path
+    context: Path
+    platform: str
+    tags: tuple[str, ...]
+    build_arg_keys: tuple[str, ...]
+    iidfile: Path
+    cache_args: tuple[str, ...] = ()
+
+
+@dataclass
+class StepLog:
+    name: str
+    cached: bool = False
+    error: str = ""
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image_id: str
+    steps: tuple[StepLog, ...]
+
+    @property
+    def cached_steps(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.steps if s.cached)
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+
+
+def detect_builder() -> Builder:
+    cli = shutil.which("docker")
+    if not cli:
+        raise EngineError(
+            "the docker CLI is not on PATH",
+            "install Docker on the runner (GitHub-hosted Ubuntu runners have it)",
+        )
+    try:
+        buildx = _run([cli, "buildx", "version"])
+        if buildx.returncode == 0:
+            inspect = _run([cli, "buildx", "inspect"])
+            match = re.search(r"^Driver:\s*(\S+)", inspect.stdout, re.MULTILINE)
+            return Builder("buildx", cli, buildx.stdout.strip(), match.group(1) if match else "docker")
+        client = _run([cli, "version", "--format", "{{.Client.Version}}"])
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"the docker CLI at {cli} does not run: {exc}", "reinstall Docker") from exc
+    version = client.stdout.strip()
+    major = re.match(r"(\d+)", version)
+    if major and int(major.group(1)) < _LEGACY_BUILDKIT_CLI_MAJOR:
+        return Builder("docker-build", cli, version)
+    raise EngineError(
+        f"the docker CLI at {cli} (version {version or 'unknown'}) has no buildx plugin, and "
+        "since Docker 23 BuildKit builds need it",
+        "install buildx (docker/setup-buildx-action, or the docker-buildx package)",
+    )
+
+
+def build_command(builder: Builder, request: BuildRequest) -> list[str]:
+    """The argv of one build. Build-arg values stay out of it: `--build-arg KEY` makes the
+    CLI read the value from the environment, so values never show in a process list."""
+    argv = [builder.cli]
+    if builder.kind == "buildx":
+        # Attestations would turn the pushed image into an OCI index that Lambda rejects.
+        argv += ["buildx", "build", "--provenance=false", "--sbom=false", "--load"]
+    else:
+        argv += ["build"]
+    argv += ["--progress=plain", "--file", str(request.dockerfile), "--platform", request.platform]
+    argv += ["--iidfile", str(request.iidfile)]
+    for tag in request.tags:
+        argv += ["--tag", tag]
+    for key in request.build_arg_keys:
+        argv += ["--build-arg", key]
+    argv += list(request.cache_args)
+    argv.append(str(request.context))
+    return argv
+
+
+def build_environment(base: Mapping[str, str], build_args: Iterable[tuple[str, str]]) -> dict[str, str]:
+    env = dict(base)
+    env["DOCKER_BUILDKIT"] = "1"
+    env["BUILDKIT_PROGRESS"] = "plain"
+    env.update(build_args)
+    return env
+
+
+_HEADER = re.compile(r"^#(\d+) (?!\d+\.\d+ )(?!DONE\b)(?!CACHED\b)(?!ERROR\b)(.+)$")
+_OUTPUT = re.compile(r"^#(\d+) \d+\.\d+ (.*)$")
+_STATUS = re.compile(r"^#(\d+) (CACHED|ERROR:?)\s*(.*)$")
+
+
+class _LogReader:
+    """Follows BuildKit's plain progress: numbered vertices, their output and status."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, StepLog] = {}
+        self.failed: StepLog | None = None
+        self.tail: deque[str] = deque(maxlen=20)
+
+    def feed(self, line: str) -> None:
+        self.tail.append(line)
+        status = _STATUS.match(line)
+        if status:
+            step = self.steps.setdefault(status.group(1), StepLog(name=f"#{status.group(1)}"))
+            if status.group(2) == "CACHED":
+                step.cached = True
+            else:
+                step.error = status.group(3)
+                self.failed = self.failed or step
+            return
+        output = _OUTPUT.match(line)
+        if output:
+            self.steps.setdefault(output.group(1), StepLog(name=f"#{output.group(1)}")).tail.append(
+                output.group(2)
+            )
+            return
+        header = _HEADER.match(line)
+        if header and header.group(1) not in self.steps:
+            self.steps[header.group(1)] = StepLog(name=header.group(2).strip())
+
+
+def run_build(argv: list[str], env: Mapping[str, str], request: BuildRequest) -> BuildResult:
+    reader = _LogReader()
+    with github.group("BuildKit build log"):
+        github.info("$ " + " ".join(argv))
+        try:
+            process = subprocess.Popen(
+                argv,
+                env=dict(env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                bufsize=1,
+            )
+        except OSError as exc:
+            raise EngineError(f"cannot run {argv[0]}: {exc}", "install the docker CLI") from exc
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            github.info(line)
+            reader.feed(line)
+        code = process.wait()
+    if code != 0:
+        raise _build_failure(reader, request)
+    image_id = request.iidfile.read_text().strip() if request.iidfile.exists() else ""
+    if not image_id:
+        raise BuildError("the build finished but wrote no image ID", "rerun the build")
+    return BuildResult(image_id=image_id, steps=tuple(reader.steps.values()))
+
+
+def _build_failure(reader: _LogReader, request: BuildRequest) -> BuildError:
+    reproduce = f"docker build -f {request.dockerfile} {request.context}"
+    failed = reader.failed
+    if failed and failed.name.startswith("["):
+        github.info(f"Last lines of the failed step {failed.name}:")
+        for line in failed.tail or ["(the step printed nothing)"]:
+            github.info(f"  | {line}")
+        return BuildError(
+            f"the image build failed at step {failed.name}: {failed.error or 'see the log'}",
+            f"fix that Dockerfile step (its last output lines are above); reproduce with `{reproduce}`",
+        )
+    final = next(
+        (line for line in reversed(reader.tail) if re.match(r"^(ERROR|error)\b|failed to solve", line)),
+        failed.error if failed else (reader.tail[-1] if reader.tail else "no output"),
+    )
+    if failed:
+        github.info(f"Last lines of {failed.name}:")
+        for line in failed.tail:
+            github.info(f"  | {line}")
+    return BuildError(
+        f"the image build failed: {final.removeprefix('ERROR: ').removeprefix('error: ')}",
+        f"fix the Dockerfile or the build context as the message says; reproduce with `{reproduce}`",
+    )

@@ -1,0 +1,69 @@
+"""`python -m entrypoint [publish|verify] [--input value ...]`: the one place that turns
+failures into an `::error::` line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from entrypoint import github
+from entrypoint.errors import ActionError
+from entrypoint.inputs import PUBLISH_INPUTS, parse_publish, read_raw
+from entrypoint.publish import publish, summary
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m entrypoint",
+        description="Build a Lambda container image with BuildKit and publish it to Amazon ECR. "
+        "Each flag stands in for the action input of the same name (INPUT_<NAME>).",
+    )
+    commands = parser.add_subparsers(dest="command")
+    pub = commands.add_parser("publish", help="build, push and tag the image (the default)")
+    for name in PUBLISH_INPUTS:
+        pub.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE")
+    pub.add_argument(
+        "--workspace",
+        default=None,
+        help="folder paths are relative to (default: GITHUB_WORKSPACE, else the current folder)",
+    )
+    return parser
+
+
+def _workspace(flag: str | None) -> Path:
+    return Path(flag or os.environ.get("GITHUB_WORKSPACE") or Path.cwd()).resolve()
+
+
+def run(argv: list[str]) -> None:
+    if not argv or argv[0].startswith("-"):
+        argv = ["publish", *argv]
+    args = _parser().parse_args(argv)
+    flags = vars(args)
+    raw = read_raw(PUBLISH_INPUTS, flags)
+    inputs = parse_publish(raw, _workspace(args.workspace))
+    result = publish(inputs, os.environ)
+    github.set_outputs(result.outputs())
+    github.write_summary(summary(result))
+
+
+def main(argv: list[str]) -> int:
+    try:
+        run(argv)
+    except ActionError as exc:
+        github.error(exc.line())
+        return exc.exit_code
+    except KeyboardInterrupt:
+        github.error("interrupted. Fix: rerun the job.")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line must still be one clear error
+        with github.group("internal error traceback"):
+            traceback.print_exc(file=sys.stdout)
+        github.error(
+            f"internal error: {type(exc).__name__}: {exc}. Fix: rerun; if it repeats, report it "
+            "with the traceback above."
+        )
+        return 1
+    return 0

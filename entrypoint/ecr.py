@@ -1,0 +1,131 @@
+"""Amazon ECR's API through boto3: the registry login and the repository's existence.
+
+boto3 honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_ECR, which is how a local stack (moto)
+stands in for AWS. Every AWS failure becomes an `AwsError` that names the call.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    TokenRetrievalError,
+)
+
+from entrypoint.errors import AwsError, RepositoryMissingError
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecr import ECRClient
+
+# Short timeouts and few retries keep a dead endpoint's error inside the 30 s promise.
+_CONFIG = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
+
+_CREDENTIAL_CODES = {
+    "ExpiredTokenException": "the AWS credentials have expired",
+    "ExpiredToken": "the AWS credentials have expired",
+    "RequestExpired": "the AWS credentials have expired",
+    "UnrecognizedClientException": "the AWS credentials are not valid",
+    "InvalidClientTokenId": "the AWS credentials are not valid",
+    "InvalidSignatureException": "the AWS secret key does not match the access key",
+    "SignatureDoesNotMatch": "the AWS secret key does not match the access key",
+}
+_CREDENTIALS_FIX = (
+    "run aws-actions/configure-aws-credentials (with a role that may call ECR) before this "
+    "step, or export fresh AWS credentials"
+)
+
+
+@dataclass(frozen=True)
+class RegistryLogin:
+    username: str
+    password: str
+    registry: str  # host[:port] of the account's registry, from the token's proxy endpoint
+
+
+@dataclass(frozen=True)
+class Repository:
+    name: str
+    uri: str
+    registry_id: str
+    mutability: str
+    # IMMUTABLE_WITH_EXCLUSION repositories keep tags matching these wildcards mutable.
+    mutable_patterns: tuple[str, ...] = ()
+
+    def tag_is_immutable(self, tag: str) -> bool:
+        if self.mutability == "MUTABLE":
+            return False
+        return not any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.mutable_patterns)
+
+
+def _fail(call: str, action: str, exc: Exception) -> AwsError:
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return AwsError(f"AWS credentials are missing: {call} could not be signed", _CREDENTIALS_FIX)
+    if isinstance(exc, TokenRetrievalError):
+        return AwsError(f"AWS credentials could not be refreshed for {call}: {exc}", _CREDENTIALS_FIX)
+    if isinstance(exc, EndpointConnectionError):
+        return AwsError(
+            f"cannot reach the ECR API for {call}: {exc}",
+            "check the region and the runner's network (or AWS_ENDPOINT_URL for a local stack)",
+        )
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        message = exc.response.get("Error", {}).get("Message", "")
+        if code in _CREDENTIAL_CODES:
+            return AwsError(f"{_CREDENTIAL_CODES[code]}: {call} returned {code}", _CREDENTIALS_FIX)
+        if code in ("AccessDeniedException", "AccessDenied"):
+            return AwsError(
+                f"AWS denied {call}: {message or code}",
+                f"allow {action} to the role this job assumes",
+            )
+        return AwsError(f"{call} failed: {code}: {message}", "see the AWS error above")
+    return AwsError(f"{call} failed: {exc}", "check the AWS configuration of this job")
+
+
+class Ecr:
+    def __init__(self, region: str, client: ECRClient | None = None) -> None:
+        self.region = region
+        self._client: ECRClient = client or boto3.client("ecr", region_name=region, config=_CONFIG)
+
+    def login(self) -> RegistryLogin:
+        try:
+            reply = self._client.get_authorization_token()
+        except (BotoCoreError, ClientError) as exc:
+            raise _fail("ecr:GetAuthorizationToken", "ecr:GetAuthorizationToken", exc) from exc
+        data = reply["authorizationData"][0]
+        user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+        endpoint = data["proxyEndpoint"]
+        host = endpoint.split("://", 1)[-1].rstrip("/")
+        return RegistryLogin(username=user, password=password, registry=host)
+
+    def repository(self, name: str) -> Repository:
+        try:
+            reply = self._client.describe_repositories(repositoryNames=[name])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "RepositoryNotFoundException":
+                raise RepositoryMissingError(
+                    f"ECR repository '{name}' does not exist in {self.region}",
+                    "Terraform must create it first: run a targeted apply of the repository "
+                    f"(terraform apply -target=aws_ecr_repository.<name>) that creates '{name}', "
+                    "then rerun this job",
+                ) from exc
+            raise _fail("ecr:DescribeRepositories", "ecr:DescribeRepositories", exc) from exc
+        except BotoCoreError as exc:
+            raise _fail("ecr:DescribeRepositories", "ecr:DescribeRepositories", exc) from exc
+        repo: Any = reply["repositories"][0]
+        return Repository(
+            name=repo["repositoryName"],
+            uri=repo["repositoryUri"],
+            registry_id=repo["registryId"],
+            mutability=repo.get("imageTagMutability", "MUTABLE"),
+            mutable_patterns=tuple(f["filter"] for f in repo.get("imageTagMutabilityExclusionFilters", [])),
+        )

@@ -1,0 +1,212 @@
+"""Inputs of the publish action: read once, validated once, frozen.
+
+`read_raw` is the only reader of `INPUT_*` (through actions-toolkit, which names them as
+the runner does: `INPUT_` + the name upper-cased, hyphens kept) and of the command-line
+flags that stand in for them locally. `parse_publish` turns that raw mapping into a
+`PublishInputs` or one `InputError` naming the input and the fix; it touches nothing but
+the file system it is told to look at.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from actions_toolkit import core
+
+from entrypoint.errors import InputError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+PUBLISH_INPUTS = (
+    "env",
+    "region",
+    "dockerfile",
+    "context",
+    "repository",
+    "registry",
+    "build-args",
+    "tags",
+    "platform",
+    "push",
+)
+DEFAULT_REPOSITORY = "{env}-sse-streaming-lambda"
+DEFAULT_PLATFORM = "linux/amd64"
+
+ENV_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+REGION_RE = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+# ECR's own rule for repository names (CreateRepository's pattern), 2 to 256 characters.
+REPOSITORY_RE = re.compile(r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+REGISTRY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+BUILD_ARG_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+# Lambda runs container images on these two architectures only.
+PLATFORMS = ("linux/amd64", "linux/arm64")
+# Tags the action manages itself; a user tag with these prefixes would be overwritten.
+RESERVED_TAG_PREFIXES = ("sha256-", "src-", "buildcache-")
+TRUE_WORDS = ("true", "True", "TRUE")
+FALSE_WORDS = ("false", "False", "FALSE")
+
+
+@dataclass(frozen=True)
+class PublishInputs:
+    env: str
+    region: str
+    dockerfile: Path
+    context: Path
+    repository: str
+    registry: str | None
+    build_args: tuple[tuple[str, str], ...]
+    extra_tags: tuple[str, ...]
+    platform: str
+    push: bool
+    workspace: Path
+
+
+def read_raw(names: tuple[str, ...], flags: Mapping[str, str | None]) -> dict[str, str]:
+    """Collect each input from its command-line flag, else from `INPUT_<NAME>`."""
+    raw: dict[str, str] = {}
+    for name in names:
+        flag = flags.get(name)
+        raw[name] = flag if flag is not None else core.get_input(name)
+    return raw
+
+
+def _bool(name: str, value: str, default: bool) -> bool:
+    if value == "":
+        return default
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise InputError(f"input '{name}' is '{value}', not a boolean", f"set '{name}' to true or false")
+
+
+def _lines(value: str) -> list[str]:
+    return [line.strip() for line in value.splitlines() if line.strip()]
+
+
+def _require(raw: Mapping[str, str], name: str, hint: str) -> str:
+    value = raw.get(name, "").strip()
+    if not value:
+        raise InputError(f"input '{name}' is required and was not given", hint)
+    return value
+
+
+def parse_env(raw: Mapping[str, str]) -> str:
+    env = _require(raw, "env", "set 'env' to preprod, prod or another environment name")
+    if not ENV_RE.match(env):
+        raise InputError(
+            f"input 'env' is '{env}', which is not an environment name",
+            "use lower-case letters, digits and hyphens, starting with a letter, at most 31 "
+            "characters (e.g. preprod, prod)",
+        )
+    return env
+
+
+def parse_region(raw: Mapping[str, str]) -> str:
+    region = _require(raw, "region", "set 'region' to the AWS region of the registry, e.g. eu-west-2")
+    if not REGION_RE.match(region):
+        raise InputError(
+            f"input 'region' is '{region}', which is not an AWS region",
+            "use a region code such as eu-west-2 or us-east-1",
+        )
+    return region
+
+
+def parse_registry(raw: Mapping[str, str]) -> str | None:
+    registry = raw.get("registry", "").strip().rstrip("/")
+    if not registry:
+        return None
+    if "://" in registry or not REGISTRY_RE.match(registry):
+        raise InputError(
+            f"input 'registry' is '{registry}', not a host[:port]",
+            "give the registry host without scheme or path, e.g. "
+            "123456789012.dkr.ecr.eu-west-2.amazonaws.com or 127.0.0.1:5000",
+        )
+    return registry
+
+
+def _tag(name: str, tag: str) -> str:
+    if not TAG_RE.match(tag):
+        raise InputError(
+            f"input '{name}' has '{tag}', which is not a valid image tag",
+            "tags are 1-128 characters of letters, digits, '_', '.', '-', not starting with '.' or '-'",
+        )
+    if tag.startswith(RESERVED_TAG_PREFIXES):
+        raise InputError(
+            f"input '{name}' has '{tag}', which uses a prefix the action reserves",
+            f"choose a tag that does not start with {', '.join(RESERVED_TAG_PREFIXES)}",
+        )
+    return tag
+
+
+def _path_in(workspace: Path, name: str, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else workspace / path
+
+
+def parse_publish(raw: Mapping[str, str], workspace: Path) -> PublishInputs:
+    env = parse_env(raw)
+    region = parse_region(raw)
+
+    dockerfile_value = _require(
+        raw, "dockerfile", "set 'dockerfile' to the Dockerfile's path relative to the workspace"
+    )
+    dockerfile = _path_in(workspace, "dockerfile", dockerfile_value)
+    if not dockerfile.is_file():
+        raise InputError(
+            f"Dockerfile '{dockerfile_value}' does not exist (looked for {dockerfile})",
+            "check the 'dockerfile' input, and that actions/checkout ran before this step",
+        )
+    context_value = raw.get("context", "").strip()
+    context = _path_in(workspace, "context", context_value) if context_value else dockerfile.parent
+    if not context.is_dir():
+        raise InputError(
+            f"build context '{context_value}' is not a directory (looked for {context})",
+            "set 'context' to an existing folder relative to the workspace, or leave it empty "
+            "to use the Dockerfile's folder",
+        )
+
+    repository = (raw.get("repository", "").strip() or DEFAULT_REPOSITORY).replace("{env}", env)
+    if not (2 <= len(repository) <= 256 and REPOSITORY_RE.match(repository)):
+        raise InputError(
+            f"input 'repository' gives '{repository}', which is not an ECR repository name",
+            "use lower-case letters, digits and . _ - / separators (the name Terraform gives "
+            "the aws_ecr_repository)",
+        )
+
+    build_args: list[tuple[str, str]] = []
+    for line in _lines(raw.get("build-args", "")):
+        key, sep, value = line.partition("=")
+        if not sep or not BUILD_ARG_RE.match(key.strip()):
+            raise InputError(
+                f"input 'build-args' has the line '{line}', which is not KEY=VALUE",
+                "write one KEY=VALUE per line; keys are letters, digits and '_'",
+            )
+        build_args.append((key.strip(), value))
+
+    extra_tags = tuple(dict.fromkeys(_tag("tags", t) for t in _lines(raw.get("tags", ""))))
+    platform = raw.get("platform", "").strip() or DEFAULT_PLATFORM
+    if platform not in PLATFORMS:
+        raise InputError(
+            f"input 'platform' is '{platform}', which Lambda cannot run",
+            f"use one of {', '.join(PLATFORMS)} (Lambda's x86_64 and arm64)",
+        )
+    return PublishInputs(
+        env=env,
+        region=region,
+        dockerfile=dockerfile,
+        context=context,
+        repository=repository,
+        registry=parse_registry(raw),
+        build_args=tuple(build_args),
+        extra_tags=extra_tags,
+        platform=platform,
+        push=_bool("push", raw.get("push", "").strip(), default=True),
+        workspace=workspace,
+    )

@@ -1,0 +1,107 @@
+"""What will be built, tagged and pushed, computed before any side effect.
+
+The commit tag goes first and never moves; `env`, `latest` and the extra tags move to the
+new image only once it is complete in the registry.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from entrypoint.errors import InputError
+from entrypoint.inputs import SHA_RE, PublishInputs
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Plan:
+    inputs: PublishInputs
+    commit: str
+    registry: str | None = None
+
+    @property
+    def commit_tag(self) -> str:
+        return self.commit
+
+    @property
+    def moving_tags(self) -> tuple[str, ...]:
+        tags = (self.inputs.env, "latest", *self.inputs.extra_tags)
+        return tuple(t for t in dict.fromkeys(tags) if t != self.commit_tag)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return (self.commit_tag, *self.moving_tags)
+
+    @property
+    def local_image(self) -> str:
+        """The engine-local name of the build result, independent of the registry."""
+        return f"{self.inputs.repository}:{self.commit_tag}"
+
+    @property
+    def repository_path(self) -> str:
+        return f"{self.registry or '<ECR registry>'}/{self.inputs.repository}"
+
+    def reference(self, tag: str) -> str:
+        return f"{self.repository_path}:{tag}"
+
+    def with_registry(self, registry: str) -> Plan:
+        return replace(self, registry=registry)
+
+    def describe(self) -> list[str]:
+        i = self.inputs
+        lines = [
+            f"environment : {i.env}",
+            f"region      : {i.region}",
+            f"dockerfile  : {i.dockerfile}",
+            f"context     : {i.context}",
+            f"platform    : {i.platform}",
+            f"repository  : {self.repository_path}",
+            f"commit      : {self.commit}",
+            f"tags        : {', '.join(self.tags)} (commit tag first; the rest move after it)",
+        ]
+        if i.build_args:
+            lines.append(f"build args  : {', '.join(k for k, _ in i.build_args)}")
+        if not i.push:
+            lines.append("push        : false (build and check only; nothing leaves this machine)")
+        return lines
+
+
+def resolve_commit(workspace: Path, environ: Mapping[str, str]) -> str:
+    """The full commit SHA: GITHUB_SHA on a runner, else the workspace's HEAD."""
+    sha = environ.get("GITHUB_SHA", "").strip().lower()
+    if sha:
+        if not SHA_RE.match(sha):
+            raise InputError(
+                f"GITHUB_SHA is '{sha}', not a full 40-character commit SHA",
+                "leave GITHUB_SHA to the runner, or set it to a full commit SHA",
+            )
+        return sha
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(workspace), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InputError(
+            f"cannot run git to find the commit to tag ({exc})",
+            "install git, or set GITHUB_SHA to the commit being published",
+        ) from exc
+    sha = done.stdout.strip()
+    if done.returncode != 0 or not SHA_RE.match(sha):
+        raise InputError(
+            f"cannot find the commit to tag: {workspace} is not a git checkout with a commit",
+            "run in a checkout (actions/checkout), or set GITHUB_SHA",
+        )
+    return sha
+
+
+def make_plan(inputs: PublishInputs, environ: Mapping[str, str]) -> Plan:
+    return Plan(inputs=inputs, commit=resolve_commit(inputs.workspace, environ), registry=inputs.registry)

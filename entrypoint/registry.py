@@ -1,0 +1,308 @@
+"""The registry's HTTP API (OCI distribution): read manifests, move tags, check results.
+
+Layers, as in go-containerregistry: `Transport` owns the session, authentication and the
+one bounded retry policy; `RegistryClient` names the operations. A failure becomes a
+`RegistryError` whose message names the host; only errors marked temporary are retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from entrypoint.errors import PushRejectedError, RegistryError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+IMAGE_MANIFESTS = (DOCKER_MANIFEST, OCI_MANIFEST)
+INDEXES = (DOCKER_LIST, OCI_INDEX)
+ACCEPT = ", ".join((*IMAGE_MANIFESTS, *INDEXES))
+
+# The whole time one operation may spend retrying before it reports the registry as down;
+# with the 5 s request timeout this keeps the error line within 30 s of the fault.
+RETRY_BUDGET_S = 20.0
+REQUEST_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    digest: str
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    raw: bytes
+
+    def json(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.raw)
+        return parsed
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEXES
+
+    def descriptor(self) -> Descriptor:
+        return Descriptor(digest=self.digest, media_type=self.media_type, size=len(self.raw))
+
+
+def scheme_for(host: str) -> str:
+    """Plain HTTP only for loopback registries, as the Docker engine itself allows."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return "http"
+    try:
+        return "http" if ipaddress.ip_address(name).is_loopback else "https"
+    except ValueError:
+        return "https"
+
+
+class _Temporary(Exception):
+    """A failure worth another try: connection refused, timeout, 429, 5xx."""
+
+
+class Transport:
+    def __init__(
+        self,
+        host: str,
+        username: str,
+        password: str,
+        *,
+        budget_s: float = RETRY_BUDGET_S,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.host = host
+        self.base = f"{scheme_for(host)}://{host}"
+        self._auth = (username, password)
+        self._bearer: dict[str, str] = {}
+        self._budget_s = budget_s
+        self._sleep = sleep
+        self._session = requests.Session()
+
+    def request(self, method: str, path: str, what: str, **kwargs: Any) -> requests.Response:
+        """Send one request with authentication, retrying temporary failures within budget."""
+        deadline = time.monotonic() + self._budget_s
+        delay = 0.5
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return self._authorized(method, path, **kwargs)
+            except _Temporary as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise RegistryError(
+                        f"registry {self.host} is unreachable while trying to {what}: {exc} "
+                        f"({attempts} tries in {self._budget_s:.0f} s)",
+                        f"check that the registry host '{self.host}' is right and reachable from "
+                        "this runner (VPC endpoint, proxy, firewall), then rerun",
+                    ) from exc
+                self._sleep(delay)
+                delay = min(delay * 2, 4.0)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        token = self._bearer.get(_scope(path))
+        auth = None
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        else:
+            auth = self._auth
+        try:
+            response = self._session.request(
+                method,
+                self.base + path,
+                headers=headers,
+                auth=auth,
+                timeout=REQUEST_TIMEOUT_S,
+                **kwargs,
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _Temporary(_short(exc)) from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise _Temporary(f"HTTP {response.status_code} {response.text[:200]}")
+        return response
+
+    def _authorized(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        response = self._send(method, path, **dict(kwargs))
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if response.status_code == 401 and challenge.lower().startswith("bearer"):
+            # Token-auth registries (proxies, mirrors) trade the basic credentials for a token.
+            self._bearer[_scope(path)] = self._token(challenge)
+            response = self._send(method, path, **dict(kwargs))
+        if response.status_code == 401:
+            raise RegistryError(
+                f"registry {self.host} refused the login for user '{self._auth[0]}' "
+                f"(HTTP 401: {_registry_message(response)})",
+                "make sure 'registry' is the ECR registry of this account and region (or "
+                "accepts its credentials) and the role may call ecr:GetAuthorizationToken",
+            )
+        return response
+
+    def _token(self, challenge: str) -> str:
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        realm = params.pop("realm", "")
+        if not realm:
+            raise RegistryError(
+                f"registry {self.host} asked for a token without a realm",
+                "use a registry that supports basic or token authentication",
+            )
+        try:
+            reply = self._session.get(realm, params=params, auth=self._auth, timeout=REQUEST_TIMEOUT_S)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _Temporary(_short(exc)) from exc
+        if reply.status_code != 200:
+            raise RegistryError(
+                f"registry {self.host}'s token service refused the login (HTTP {reply.status_code})",
+                "check the registry credentials",
+            )
+        body = reply.json()
+        return str(body.get("token") or body.get("access_token") or "")
+
+
+def _scope(path: str) -> str:
+    """Tokens are scoped to a repository: /v2/<name>/manifests/... and /v2/<name>/blobs/..."""
+    return re.split(r"/(?:manifests|blobs)/", path, maxsplit=1)[0]
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    for marker in (
+        "Connection refused",
+        "timed out",
+        "Name or service not known",
+        "Temporary failure in name resolution",
+        "No route to host",
+    ):
+        if marker in text:
+            return marker.lower()
+    return text[:200]
+
+
+def _registry_message(response: requests.Response) -> str:
+    try:
+        errors = response.json().get("errors") or []
+    except ValueError:
+        return response.text[:200] or response.reason
+    if not errors:
+        return response.reason
+    first = errors[0]
+    return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
+
+
+class RegistryClient:
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.host = transport.host
+
+    def ping(self) -> None:
+        """Reach the registry and prove the login works, before anything is built."""
+        response = self.transport.request("GET", "/v2/", "log in")
+        if response.status_code != 200:
+            raise RegistryError(
+                f"registry {self.host} answered HTTP {response.status_code} to the login check",
+                "make sure 'registry' points at an OCI registry (ECR, or a proxy to it)",
+            )
+
+    def head_manifest(self, repository: str, reference: str) -> Descriptor | None:
+        response = self.transport.request(
+            "HEAD",
+            f"/v2/{repository}/manifests/{reference}",
+            f"look up {repository}:{reference}",
+            headers={"Accept": ACCEPT},
+        )
+        if response.status_code == 404:
+            return None
+        self._expect(response, 200, f"look up {repository}:{reference}")
+        digest = response.headers.get("Docker-Content-Digest", "")
+        if not digest:
+            # Some registries omit the digest on HEAD; GET always lets us compute it.
+            return self.get_manifest(repository, reference).descriptor()
+        return Descriptor(
+            digest=digest,
+            media_type=response.headers.get("Content-Type", "").split(";")[0],
+            size=int(response.headers.get("Content-Length", "0")),
+        )
+
+    def get_manifest(self, repository: str, reference: str) -> Manifest:
+        what = f"read {repository}:{reference}"
+        response = self.transport.request(
+            "GET", f"/v2/{repository}/manifests/{reference}", what, headers={"Accept": ACCEPT}
+        )
+        self._expect(response, 200, what)
+        digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
+        return Manifest(
+            digest=digest,
+            media_type=response.headers.get("Content-Type", "").split(";")[0],
+            raw=response.content,
+        )
+
+    def put_manifest(self, repository: str, tag: str, manifest: Manifest) -> str:
+        what = f"tag {repository}:{tag}"
+        response = self.transport.request(
+            "PUT",
+            f"/v2/{repository}/manifests/{tag}",
+            what,
+            headers={"Content-Type": manifest.media_type},
+            data=manifest.raw,
+        )
+        if response.status_code not in (200, 201):
+            raise PushRejectedError(
+                f"registry {self.host} rejected {what} (HTTP {response.status_code}: "
+                f"{_registry_message(response)})",
+                _push_fix(response),
+            )
+        return response.headers.get("Docker-Content-Digest", manifest.digest)
+
+    def get_blob(self, repository: str, digest: str) -> bytes:
+        what = f"read blob {digest[:19]} of {repository}"
+        response = self.transport.request("GET", f"/v2/{repository}/blobs/{digest}", what)
+        self._expect(response, 200, what)
+        return response.content
+
+    def _expect(self, response: requests.Response, status: int, what: str) -> None:
+        if response.status_code == status:
+            return
+        if response.status_code == 403:
+            raise RegistryError(
+                f"registry {self.host} denied the request to {what} (HTTP 403: "
+                f"{_registry_message(response)})",
+                "allow the ECR image actions (ecr:BatchGetImage, ecr:PutImage, ecr:Initiate"
+                "LayerUpload, ...) on this repository to the role this job assumes",
+            )
+        raise RegistryError(
+            f"registry {self.host} failed to {what}: HTTP {response.status_code} "
+            f"{_registry_message(response)}",
+            "see the registry's message; rerun if it was transient",
+        )
+
+
+def _push_fix(response: requests.Response) -> str:
+    text = _registry_message(response).lower()
+    if "immutable" in text or "already exists" in text:
+        return (
+            'the repository\'s tags are immutable: set image_tag_mutability = "MUTABLE" on the '
+            "aws_ecr_repository (or IMMUTABLE_WITH_EXCLUSION excluding the environment and "
+            "latest tags)"
+        )
+    if response.status_code in (403, 405) or "denied" in text or "unsupported" in text:
+        return (
+            "the registry does not accept pushes here: check the role's ecr:PutImage permission "
+            "and that the registry is not read-only"
+        )
+    return "see the registry's message above"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Gives the action a Python with its dependencies, without touching the job's own Python:
+# a venv in the runner's temp folder, keyed by the action's pyproject.toml, reused when a
+# job calls the action more than once. Writes `python=<path>` to GITHUB_OUTPUT.
+set -euo pipefail
+action_path="${ACTION_PATH:?ACTION_PATH is not set}"
+python="$(command -v python3 || true)"
+if [ -z "$python" ]; then
+  echo "::error::python3 is not on this runner's PATH. Fix: use an Ubuntu runner or run actions/setup-python before this action."
+  exit 1
+fi
+key="$(cat "$action_path/pyproject.toml" | sha256sum | cut -c1-16)"
+venv="${RUNNER_TEMP:-/tmp}/lambda-image-publish-$key"
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
+  rm -rf "$venv"
+  start=$(date +%s)
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$action_path"
+  touch "$venv/.complete"
+  echo "Installed the action's Python environment in $venv ($(( $(date +%s) - start )) s)"
+fi
+if [ -n "${GITHUB_OUTPUT:-}" ]; then
+  echo "python=$venv/bin/python" >> "$GITHUB_OUTPUT"
+else
+  echo "python=$venv/bin/python"
+fi
