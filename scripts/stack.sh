@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Local test stack: Debian packages, the project venv, a running dockerd and a
+# BuildKit-capable docker CLI shim.
+#
+#   scripts/stack.sh [up]    install/start whatever is missing (idempotent, fast when done)
+#   scripts/stack.sh down    stop the dockerd that `up` started (nothing else)
+#   scripts/stack.sh status  print what is there
+#
+# After `up`:  source .stack/env.sh   (puts .stack/bin and .venv/bin first on PATH,
+# sets DOCKER_BUILDKIT=1).
+#
+# Base images (busybox, Debian python, Lambda Web Adapter stand-in) are made lazily
+# by tests/support/stack.py, because no image can be pulled on this machine.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK="$ROOT/.stack"
+VENV="$ROOT/.venv"
+DOCKERD_PIDFILE="$STACK/dockerd.pid"
+DOCKERD_LOG="$STACK/dockerd.log"
+
+# Debian packages the stack needs; each maps to a command checked first.
+APT_PACKAGES=(docker.io docker-registry debootstrap busybox-static apache2-utils git ca-certificates)
+
+log() { printf 'stack: %s\n' "$*" >&2; }
+die() { printf 'stack: ERROR: %s\n' "$*" >&2; exit 1; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || die "not root and no sudo: cannot install packages or start dockerd"
+  SUDO=(sudo)
+fi
+
+pkg_installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+APT_UPDATED=0
+apt_update_once() {
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    log "apt-get update"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+  fi
+}
+
+apt_install() {
+  log "apt-get install $*"
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_packages() {
+  local missing=() p
+  for p in "${APT_PACKAGES[@]}"; do
+    pkg_installed "$p" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt_update_once
+    apt_install "${missing[@]}"
+  fi
+  # Debian 13+ ships buildx as its own package; bookworm (12) has none, and there the
+  # Debian 20.10 CLI's built-in `DOCKER_BUILDKIT=1 docker build` is used instead.
+  if ! pkg_installed docker-buildx \
+    && [ -n "$(apt-cache show docker-buildx 2>/dev/null | head -n1)" ]; then
+    apt_install docker-buildx || { apt_update_once && apt_install docker-buildx; }
+  fi
+}
+
+ensure_venv() {
+  local stamp="$STACK/venv.stamp" want
+  want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+  if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    local py
+    py=$(command -v python3 || true)
+    [ -n "$py" ] || die "python3 not found"
+    log "creating $VENV with $py"
+    "$py" -m venv "$VENV"
+  fi
+  log "pip install -e '.[dev]'"
+  (cd "$ROOT" && "$VENV/bin/python" -m pip install -q -e '.[dev]')
+  printf '%s\n' "$want" >"$stamp"
+}
+
+# Pick a docker CLI that can build with BuildKit: one where `docker buildx version`
+# works (Debian 13 docker-buildx, or any CLI with the plugin), else Debian's own
+# /usr/bin/docker (20.10, BuildKit built in via DOCKER_BUILDKIT=1). Static CLIs without
+# the buildx plugin (e.g. a Docker 28 CLI in /usr/local/bin) refuse DOCKER_BUILDKIT=1.
+pick_docker_cli() {
+  local c
+  local -a candidates=()
+  while IFS= read -r c; do
+    candidates+=("$c")
+  done < <(type -ap docker 2>/dev/null | grep -v "^$STACK/bin/" || true)
+  candidates+=(/usr/bin/docker)
+  for c in "${candidates[@]}"; do
+    [ -x "$c" ] || continue
+    if "$c" buildx version >/dev/null 2>&1; then
+      printf '%s\n' "$c"
+      return 0
+    fi
+  done
+  [ -x /usr/bin/docker ] || die "no docker CLI at /usr/bin/docker (package docker.io)"
+  printf '%s\n' /usr/bin/docker
+}
+
+ensure_shim() {
+  local cli
+  cli=$(pick_docker_cli)
+  mkdir -p "$STACK/bin"
+  if [ "$(readlink "$STACK/bin/docker" 2>/dev/null || true)" != "$cli" ]; then
+    ln -sfn "$cli" "$STACK/bin/docker"
+    log "docker CLI shim: $STACK/bin/docker -> $cli"
+  fi
+}
+
+docker_ok() {
+  timeout 20 "$STACK/bin/docker" info >/dev/null 2>&1
+}
+
+ensure_dockerd() {
+  if docker_ok; then
+    return 0
+  fi
+  command -v dockerd >/dev/null 2>&1 || die "dockerd not found (package docker.io)"
+  log "starting dockerd (log: $DOCKERD_LOG)"
+  : >"$DOCKERD_LOG"
+  # setsid: keep dockerd out of the caller's process group so it outlives this script.
+  "${SUDO[@]}" setsid dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+  printf '%s\n' "$!" >"$DOCKERD_PIDFILE"
+  local i
+  for i in $(seq 1 60); do
+    if docker_ok; then
+      log "dockerd is up after ${i}s"
+      return 0
+    fi
+    if ! kill -0 "$(cat "$DOCKERD_PIDFILE")" 2>/dev/null; then
+      tail -n 30 "$DOCKERD_LOG" >&2 || true
+      die "dockerd exited during start-up; see $DOCKERD_LOG"
+    fi
+    sleep 1
+  done
+  tail -n 30 "$DOCKERD_LOG" >&2 || true
+  die "dockerd did not answer \`docker info\` within 60 s; see $DOCKERD_LOG"
+}
+
+write_env() {
+  local env="$STACK/env.sh" tmp
+  tmp=$(mktemp "$STACK/env.sh.XXXXXX")
+  cat >"$tmp" <<EOF
+# Generated by scripts/stack.sh; source it: . .stack/env.sh
+export PATH="$STACK/bin:$VENV/bin:\$PATH"
+export DOCKER_BUILDKIT=1
+export STACK_ROOT="$ROOT"
+EOF
+  if cmp -s "$tmp" "$env"; then rm -f "$tmp"; else mv "$tmp" "$env"; fi
+}
+
+cmd_up() {
+  mkdir -p "$STACK" "$STACK/cache"
+  ensure_packages
+  ensure_venv
+  ensure_shim
+  ensure_dockerd
+  write_env
+  log "ready: source $STACK/env.sh"
+}
+
+cmd_down() {
+  if [ ! -f "$DOCKERD_PIDFILE" ]; then
+    log "no dockerd started by this script"
+    return 0
+  fi
+  local pid
+  pid=$(cat "$DOCKERD_PIDFILE")
+  if kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
+    log "stopping dockerd (pid $pid)"
+    "${SUDO[@]}" kill -TERM "$pid"
+    local i
+    for i in $(seq 1 30); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 1
+    done
+    kill -0 "$pid" 2>/dev/null && die "dockerd (pid $pid) still running after 30 s"
+  else
+    log "dockerd pid $pid is not running"
+  fi
+  rm -f "$DOCKERD_PIDFILE"
+}
+
+cmd_status() {
+  local p
+  for p in "${APT_PACKAGES[@]}" docker-buildx; do
+    if pkg_installed "$p"; then echo "package $p: installed"; else echo "package $p: missing"; fi
+  done
+  echo "venv: $([ -x "$VENV/bin/python" ] && echo present || echo missing)"
+  echo "docker shim: $(readlink "$STACK/bin/docker" 2>/dev/null || echo missing)"
+  if docker_ok; then echo "dockerd: answering"; else echo "dockerd: not answering"; fi
+  [ -f "$DOCKERD_PIDFILE" ] && echo "dockerd started by stack.sh: pid $(cat "$DOCKERD_PIDFILE")"
+  return 0
+}
+
+case "${1:-up}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) die "usage: $0 [up|down|status]" ;;
+esac
