@@ -1,0 +1,1 @@
+"""Reusable helpers for the tests: the local registry, moto, base images, git workspaces."""
