@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,15 +81,25 @@ def _fail(call: str, action: str, exc: Exception) -> AwsError:
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         message = exc.response.get("Error", {}).get("Message", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code.isdigit() or "<Code>" in message:
+            # An error body botocore could not parse (proxies, some endpoints answer in XML).
+            code = _xml_field(message, "Code") or code
+            message = _xml_field(message, "Message") or message
         if code in _CREDENTIAL_CODES:
             return AwsError(f"{_CREDENTIAL_CODES[code]}: {call} returned {code}", _CREDENTIALS_FIX)
-        if code in ("AccessDeniedException", "AccessDenied"):
+        if code in ("AccessDeniedException", "AccessDenied") or status == 403:
             return AwsError(
                 f"AWS denied {call}: {message or code}",
                 f"allow {action} to the role this job assumes",
             )
         return AwsError(f"{call} failed: {code}: {message}", "see the AWS error above")
     return AwsError(f"{call} failed: {exc}", "check the AWS configuration of this job")
+
+
+def _xml_field(text: str, field: str) -> str:
+    match = re.search(rf"<{field}>([^<]*)</{field}>", text)
+    return match.group(1) if match else ""
 
 
 class Ecr:

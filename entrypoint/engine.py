@@ -132,7 +132,7 @@ def _push_error(reference: str, message: str) -> RegistryError:
             'the repository\'s tags are immutable: set image_tag_mutability = "MUTABLE" on the '
             "aws_ecr_repository (or IMMUTABLE_WITH_EXCLUSION for the moving tags)"
         )
-    elif "denied" in lower or "unsupported" in lower or "forbidden" in lower:
+    elif any(m in lower for m in ("denied", "unsupported", "forbidden", "method not allowed")):
         fix = (
             "the registry does not accept pushes: allow ecr:PutImage and the layer upload "
             "actions to the role, and check the registry is not read-only"

@@ -12,15 +12,16 @@ import ipaddress
 import json
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import requests
 
 from entrypoint.errors import PushRejectedError, RegistryError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -274,6 +275,24 @@ class RegistryClient:
         response = self.transport.request("GET", f"/v2/{repository}/blobs/{digest}", what)
         self._expect(response, 200, what)
         return response.content
+
+    @contextmanager
+    def stream_blob(self, repository: str, digest: str) -> Iterator[IO[bytes]]:
+        """The blob as a file to read once, front to back, for layers too big to hold.
+
+        Leaving the block early closes the connection, so a reader that has seen enough
+        stops the download there.
+        """
+        what = f"read blob {digest[:19]} of {repository}"
+        response = self.transport.request("GET", f"/v2/{repository}/blobs/{digest}", what, stream=True)
+        try:
+            self._expect(response, 200, what)
+            # Undo only a transfer encoding; a gzip layer itself stays gzip.
+            response.raw.decode_content = True
+            # urllib3's response is a binary file (io.IOBase) that typeshed does not call IO.
+            yield cast("IO[bytes]", response.raw)
+        finally:
+            response.close()
 
     def _expect(self, response: requests.Response, status: int, what: str) -> None:
         if response.status_code == status:

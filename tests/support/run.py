@@ -1,0 +1,99 @@
+"""Run the entrypoint the way a runner step does and read back what it wrote."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def read_github_file(path: Path) -> dict[str, str]:
+    """Parse a GITHUB_OUTPUT / GITHUB_ENV file: `name=value` and `name<<DELIM ... DELIM`."""
+    values: dict[str, str] = {}
+    lines = path.read_text().splitlines() if path.exists() else []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        heredoc = re.match(r"^([^=<]+)<<(.+)$", line)
+        if heredoc:
+            name, delimiter = heredoc.groups()
+            end = lines.index(delimiter, i + 1)
+            values[name] = "\n".join(lines[i + 1 : end])
+            i = end + 1
+            continue
+        name, _, value = line.partition("=")
+        values[name] = value
+        i += 1
+    return values
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+    outputs: dict[str, str]
+    summary: str
+    seconds: float
+
+    @property
+    def log(self) -> str:
+        return self.stdout + self.stderr
+
+    def error_lines(self) -> list[str]:
+        return [line for line in self.log.splitlines() if line.startswith(("::error::", "error: "))]
+
+
+def run_entrypoint(
+    args: list[str],
+    *,
+    cwd: Path,
+    tmp: Path,
+    env: Mapping[str, str] | None = None,
+    on_runner: bool = True,
+    timeout: float = 600,
+) -> Run:
+    """`python -m entrypoint ARGS` in a subprocess with runner files in `tmp`."""
+    output = tmp / "github_output"
+    summary = tmp / "step_summary"
+    for path in (output, summary):
+        path.write_text("")
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_"))}
+    full_env = {**inherited, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    if on_runner:
+        full_env |= {
+            "GITHUB_ACTIONS": "true",
+            "GITHUB_OUTPUT": str(output),
+            "GITHUB_STEP_SUMMARY": str(summary),
+        }
+    else:
+        for name in ("GITHUB_ACTIONS", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"):
+            full_env.pop(name, None)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "entrypoint", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Run(
+        code=done.returncode,
+        stdout=done.stdout,
+        stderr=done.stderr,
+        outputs=read_github_file(output),
+        summary=summary.read_text(),
+        seconds=time.monotonic() - started,
+    )

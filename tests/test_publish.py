@@ -1,0 +1,222 @@
+"""The publish job end to end: a real BuildKit build, moto's ECR API, a real registry,
+and every result checked through the registry's HTTP API."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.support.run import run_entrypoint
+from tests.support.stack import MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST, Registry
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from tests.conftest import MakeRepository
+    from tests.support.run import Run
+    from tests.support.workspace import Workspace
+
+REGION = "eu-west-2"
+
+
+def dockerfile(base: str, extra: str = "") -> str:
+    return (
+        f"FROM {base}\n"
+        "ARG GREETING=hello\n"
+        'LABEL greeting="${GREETING}"\n'
+        "COPY app.txt /app/app.txt\n"
+        f"{extra}"
+        'CMD ["cat", "/app/app.txt"]\n'
+    )
+
+
+def publish(
+    ws: Workspace,
+    registry: Registry,
+    tmp: Path,
+    *args: str,
+    env: str = "preprod",
+    repo: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Run:
+    repository = ["--repository", repo] if repo else []
+    return run_entrypoint(
+        [
+            "publish",
+            "--env",
+            env,
+            "--region",
+            REGION,
+            "--dockerfile",
+            "Dockerfile",
+            "--registry",
+            registry.host,
+            *repository,
+            *args,
+        ],
+        cwd=ws.path,
+        tmp=tmp,
+        env=extra_env,
+    )
+
+
+@pytest.fixture
+def app(workspace: Workspace, busybox_base: str) -> Workspace:
+    workspace.commit_files({"Dockerfile": dockerfile(busybox_base), "app.txt": "v1\n"}, "app v1")
+    return workspace
+
+
+@pytest.fixture
+def own_registry() -> Iterator[Registry]:
+    """A registry of this test's own, for the default repository name that tests share."""
+    with Registry() as registry:
+        yield registry
+
+
+def digest_of(registry: Registry, repo: str, tag: str) -> str:
+    return registry.manifest(repo, tag)[0]
+
+
+def test_publish_tags_commit_env_and_latest_with_one_single_manifest(
+    app: Workspace, own_registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    registry = own_registry
+    repo = ecr_repository("preprod-sse-streaming-lambda")
+    run = publish(app, registry, tmp_path)
+    assert run.code == 0, run.log
+
+    digest = run.outputs["digest"]
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
+    assert run.outputs["image-uri"] == f"{registry.host}/{repo}@{digest}"
+    assert run.outputs["repository"] == repo
+    assert run.outputs["registry"] == registry.host
+    assert run.outputs["tags"].splitlines() == [
+        f"{registry.host}/{repo}:{app.head}",
+        f"{registry.host}/{repo}:preprod",
+        f"{registry.host}/{repo}:latest",
+    ]
+    # Every tag resolves, through the registry's own API, to the output digest.
+    for tag in (app.head, "preprod", "latest"):
+        assert digest_of(registry, repo, tag) == digest
+    assert sorted(registry.tags(repo)) == sorted([app.head, "preprod", "latest"])
+
+    # A single linux/amd64 image manifest: what Lambda accepts.
+    _, media_type, manifest = registry.manifest(repo, digest)
+    assert media_type in (MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST)
+    assert "manifests" not in manifest
+    config = json.loads(registry.blob(repo, manifest["config"]["digest"]))
+    assert (config["os"], config["architecture"]) == ("linux", "amd64")
+    assert config["config"]["Cmd"] == ["cat", "/app/app.txt"]
+
+    assert "| image-uri |" in run.summary
+    assert digest in run.summary
+    assert "::group::BuildKit build log" in run.stdout
+
+
+def test_second_publish_moves_env_and_latest_and_keeps_first_commit_tag(
+    app: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    repo = ecr_repository()
+    first = publish(app, registry, tmp_path, repo=repo)
+    assert first.code == 0, first.log
+    first_sha, first_digest = app.head, first.outputs["digest"]
+
+    second_sha = app.commit_files({"app.txt": "v2\n"}, "app v2")
+    second = publish(app, registry, tmp_path, repo=repo)
+    assert second.code == 0, second.log
+    second_digest = second.outputs["digest"]
+
+    assert second_digest != first_digest
+    assert digest_of(registry, repo, "latest") == second_digest
+    assert digest_of(registry, repo, "preprod") == second_digest
+    assert digest_of(registry, repo, second_sha) == second_digest
+    # The earlier image stays addressable by its commit tag, for rollback.
+    assert digest_of(registry, repo, first_sha) == first_digest
+    assert f"was {first_digest}" in second.stdout
+
+
+def test_rerun_of_the_same_commit_is_idempotent(
+    app: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    repo = ecr_repository()
+    first = publish(app, registry, tmp_path, repo=repo)
+    again = publish(app, registry, tmp_path, repo=repo)
+    assert (first.code, again.code) == (0, 0), again.log
+    assert again.outputs["digest"] == first.outputs["digest"]
+    assert "latest already points at" in again.stdout
+    assert digest_of(registry, repo, "latest") == first.outputs["digest"]
+
+
+def test_build_args_and_extra_tags(
+    app: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    repo = ecr_repository()
+    run = publish(
+        app,
+        registry,
+        tmp_path,
+        "--build-args",
+        "GREETING=bonjour\n\nUNUSED=x",
+        "--tags",
+        "release-1\nstable",
+        env="prod",
+        repo=repo,
+    )
+    assert run.code == 0, run.log
+    digest = run.outputs["digest"]
+    for tag in (app.head, "prod", "latest", "release-1", "stable"):
+        assert digest_of(registry, repo, tag) == digest
+    _, _, manifest = registry.manifest(repo, digest)
+    config = json.loads(registry.blob(repo, manifest["config"]["digest"]))
+    assert config["config"]["Labels"]["greeting"] == "bonjour"
+    # Build-arg values reach the build through the environment, never the command line.
+    assert "bonjour" not in next(line for line in run.stdout.splitlines() if line.startswith("$ "))
+
+
+def test_custom_repository_template_and_github_sha(
+    app: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    repo = ecr_repository("team/preprod-api")
+    sha = "ab" * 20
+    run = publish(app, registry, tmp_path, "--repository", "team/{env}-api", extra_env={"GITHUB_SHA": sha})
+    assert run.code == 0, run.log
+    assert digest_of(registry, repo, sha) == run.outputs["digest"]
+
+
+def test_push_false_builds_and_pushes_nothing(
+    app: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    repo = ecr_repository()
+    run = publish(app, registry, tmp_path, "--push", "false", repo=repo)
+    assert run.code == 0, run.log
+    assert run.outputs["digest"] == ""
+    assert run.outputs["image-uri"] == ""
+    assert registry.tags(repo) == []
+    assert "nothing was pushed" in run.stdout
+
+
+def test_immutable_repository_reruns_but_refuses_to_move_tags(
+    app: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    repo = ecr_repository(mutability="IMMUTABLE")
+    first = publish(app, registry, tmp_path, repo=repo)
+    assert first.code == 0, first.log
+    rerun = publish(app, registry, tmp_path, repo=repo)
+    assert rerun.code == 0, rerun.log
+    assert rerun.outputs["digest"] == first.outputs["digest"]
+
+    second_sha = app.commit_files({"app.txt": "v2\n"}, "app v2")
+    refused = publish(app, registry, tmp_path, repo=repo)
+    assert refused.code == 1
+    [line] = refused.error_lines()
+    assert "immutable tags" in line
+    assert "preprod" in line
+    assert "latest" in line
+    assert "image_tag_mutability" in line
+    # Refused before any push: no new commit tag, nothing moved.
+    assert second_sha not in registry.tags(repo)
+    assert digest_of(registry, repo, "latest") == first.outputs["digest"]
