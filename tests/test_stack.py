@@ -229,9 +229,14 @@ def test_python_base_pip_installs_through_the_proxy(
         "RUN python3 -c 'import six, sys; print(six.__version__, sys.version)'\n"
     )
     built = _docker(
-        "build", "--progress=plain", "-t", "stack-test/python-pip:latest", ".",
-        config=tmp_path / "docker-config", cwd=context,
-    )  # fmt: skip
+        "build",
+        "--progress=plain",
+        "-t",
+        "stack-test/python-pip:latest",
+        ".",
+        config=tmp_path / "docker-config",
+        cwd=context,
+    )
     assert built.returncode == 0, built.stderr[-4000:]
     assert "1.16.0" in built.stderr + built.stdout
     docker_client.images.remove("stack-test/python-pip:latest", force=True)
