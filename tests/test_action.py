@@ -51,7 +51,9 @@ def test_action_publishes_and_its_outputs_reach_the_job(
     repo = ecr_repository()
     workspace.commit_files(
         {
-            "service/Dockerfile": f'FROM {busybox_base}\nARG NAME\nRUN echo "$NAME" > /name\nCMD ["cat", "/name"]\n',
+            "service/Dockerfile": (
+                f'FROM {busybox_base}\nARG NAME\nRUN echo "$NAME" > /name\nCMD ["cat", "/name"]\n'
+            ),
         },
         "service",
     )
