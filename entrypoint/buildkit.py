@@ -7,19 +7,24 @@ else `DOCKER_BUILDKIT=1 docker build` (docker-py cannot drive BuildKit).
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import re
 import shutil
 import subprocess
+import tempfile
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from entrypoint import github
 from entrypoint.errors import BuildError, EngineError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
-    from pathlib import Path
+    from collections.abc import Iterable, Iterator, Mapping
 
 BuilderKind = Literal["buildx", "docker-build"]
 
@@ -212,3 +217,34 @@ def _build_failure(reader: _LogReader, request: BuildRequest) -> BuildError:
         f"the image build failed: {final.removeprefix('ERROR: ').removeprefix('error: ')}",
         f"fix the Dockerfile or the build context as the message says; reproduce with `{reproduce}`",
     )
+
+
+@contextmanager
+def registry_credentials(host: str, username: str, password: str, base: Mapping[str, str]) -> Iterator[str]:
+    """A private DOCKER_CONFIG holding the ECR login, for BuildKit's cache import and export.
+
+    The job's own Docker config is left untouched (no credentials written to the runner's
+    home); its settings, its buildx builders and CLI plugins still apply through a copy of
+    config.json and links to its folders. The folder is removed when the build is done.
+    """
+    user_config = Path(base.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    with tempfile.TemporaryDirectory(prefix="lambda-publish-docker-") as folder:
+        private = Path(folder)
+        config: dict[str, Any] = {}
+        if (user_config / "config.json").is_file():
+            with contextlib.suppress(ValueError, OSError):
+                config = json.loads((user_config / "config.json").read_text())
+        for helper_map in ("credHelpers",):
+            config.get(helper_map, {}).pop(host, None)
+        if config.get("credsStore"):
+            # A credential store would be asked first and know nothing of this login.
+            config.pop("credsStore")
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        config.setdefault("auths", {})[host] = {"auth": token}
+        path = private / "config.json"
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(config))
+        for sub in ("buildx", "cli-plugins", "contexts"):
+            if (user_config / sub).exists():
+                (private / sub).symlink_to(user_config / sub)
+        yield str(private)
