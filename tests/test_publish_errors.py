@@ -3,7 +3,9 @@ names the cause and the fix, a non-zero exit, and no tag moved in the registry."
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import boto3
@@ -14,7 +16,6 @@ from tests.support.stack import MotoServer, Registry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from tests.conftest import MakeRepository
     from tests.support.run import Run
@@ -297,3 +298,26 @@ def test_denied_and_invalid_credentials_name_the_call(
     )
     line = only_error(unknown)
     assert "the AWS credentials are not valid: ecr:GetAuthorizationToken returned" in line
+
+
+@pytest.mark.skipif(
+    not Path("/usr/local/bin/docker").exists(), reason="needs a Docker >= 23 CLI without buildx"
+)
+def test_docker_cli_without_buildx_is_refused_before_building(
+    app: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "docker").symlink_to("/usr/local/bin/docker")
+    repo = ecr_repository()
+    run = publish(
+        app,
+        registry.host,
+        repo,
+        tmp_path,
+        env={"PATH": f"{shim}:{os.environ['PATH']}", "DOCKER_CONFIG": str(tmp_path / "cfg")},
+    )
+    line = only_error(run)
+    assert "has no buildx plugin" in line
+    assert "install buildx" in line
+    assert registry.tags(repo) == []
