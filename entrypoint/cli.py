@@ -13,6 +13,7 @@ from entrypoint import github
 from entrypoint.errors import ActionError
 from entrypoint.inputs import PUBLISH_INPUTS, parse_publish, read_raw
 from entrypoint.publish import publish, summary
+from entrypoint.verify import VERIFY_INPUTS, parse_verify, verify
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="folder paths are relative to (default: GITHUB_WORKSPACE, else the current folder)",
     )
+    ver = commands.add_parser(
+        "verify", help="check the images a Terraform plan deploys to Lambda, before the apply"
+    )
+    for name in VERIFY_INPUTS:
+        ver.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE")
+    ver.add_argument(
+        "--workspace",
+        default=None,
+        help="the plan path is relative to (default: GITHUB_WORKSPACE, else the current folder)",
+    )
     return parser
 
 
@@ -42,6 +53,13 @@ def run(argv: list[str]) -> None:
         argv = ["publish", *argv]
     args = _parser().parse_args(argv)
     flags = vars(args)
+    if args.command == "verify":
+        checked = verify(parse_verify(read_raw(VERIFY_INPUTS, flags), _workspace(args.workspace)))
+        # Outputs and summary first: a failing gate still reports what it checked.
+        github.set_outputs(checked.outputs())
+        github.write_summary(checked.summary())
+        checked.raise_for_failures()
+        return
     raw = read_raw(PUBLISH_INPUTS, flags)
     inputs = parse_publish(raw, _workspace(args.workspace))
     result = publish(inputs, os.environ)
