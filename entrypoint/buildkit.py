@@ -39,6 +39,7 @@ class Builder:
     cli: str
     version: str
     driver: str = "docker"  # buildx driver; the engine's own BuildKit for plain docker build
+    name: str | None = None  # a buildx builder chosen by name rather than the current one
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,70 @@ def detect_builder() -> Builder:
     )
 
 
+CONTAINER_BUILDER = "lambda-image-publish"
+
+
+def ensure_container_builder(builder: Builder) -> Builder:
+    """A buildx docker-container builder, for cache exports the docker driver cannot do.
+
+    Made once per runner and reused; host networking lets it reach registries on the
+    runner's loopback or VPC endpoints the way the engine does.
+    """
+    inspect = _run([builder.cli, "buildx", "inspect", CONTAINER_BUILDER])
+    if inspect.returncode != 0:
+        github.notice(
+            f"creating the buildx builder '{CONTAINER_BUILDER}' (driver docker-container): the "
+            f"current builder's '{builder.driver}' driver cannot export this cache"
+        )
+        made = _run(
+            [
+                builder.cli,
+                "buildx",
+                "create",
+                "--name",
+                CONTAINER_BUILDER,
+                "--driver",
+                "docker-container",
+                "--driver-opt",
+                "network=host",
+            ]
+        )
+        if made.returncode != 0:
+            raise EngineError(
+                f"could not create a buildx docker-container builder: {made.stderr.strip()[:300]}",
+                "run docker/setup-buildx-action before this step, or set 'cache' to registry-inline",
+            )
+    try:
+        boot = subprocess.run(
+            [builder.cli, "buildx", "inspect", "--bootstrap", CONTAINER_BUILDER],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise EngineError(
+            "the buildx docker-container builder did not start in 300 s",
+            "check that the runner can pull moby/buildkit, or set 'cache' to registry-inline",
+        ) from exc
+    if boot.returncode != 0:
+        raise EngineError(
+            f"the buildx docker-container builder did not start: {boot.stderr.strip()[:300]}",
+            "check that the runner can pull moby/buildkit, or set 'cache' to registry-inline",
+        )
+    return Builder("buildx", builder.cli, builder.version, "docker-container", CONTAINER_BUILDER)
+
+
 def build_command(builder: Builder, request: BuildRequest) -> list[str]:
     """The argv of one build. Build-arg values stay out of it: `--build-arg KEY` makes the
     CLI read the value from the environment, so values never show in a process list."""
     argv = [builder.cli]
     if builder.kind == "buildx":
         # Attestations would turn the pushed image into an OCI index that Lambda rejects.
-        argv += ["buildx", "build", "--provenance=false", "--sbom=false", "--load"]
+        argv += ["buildx", "build"]
+        if builder.name:
+            argv += ["--builder", builder.name]
+        argv += ["--provenance=false", "--sbom=false", "--load"]
     else:
         argv += ["build"]
     argv += ["--progress=plain", "--file", str(request.dockerfile), "--platform", request.platform]

@@ -16,6 +16,7 @@ it, needs a buildx `docker-container` builder first, or cannot at all (`EngineEr
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -225,3 +226,17 @@ def _attributes(**fields: str) -> str:
             field = '"' + field.replace('"', '""') + '"'
         out.append(field)
     return ",".join(out)
+
+
+def rotate_local_cache(folder: Path) -> None:
+    """Replace the local cache with the one this build exported to `<folder>-new`.
+
+    BuildKit's local exporter only adds, so exporting over the old folder would grow it
+    forever; swapping keeps what this build used and nothing else.
+    """
+    exported = folder.with_name(folder.name + "-new")
+    if not exported.is_dir():
+        return
+    if folder.exists():
+        shutil.rmtree(folder)
+    exported.rename(folder)

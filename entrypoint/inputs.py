@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING
 
 from actions_toolkit import core
 
+from entrypoint.cache import CacheMode, parse_cache_mode
 from entrypoint.errors import InputError
+from entrypoint.lambda_checks import parse_invoke_mode
+from entrypoint.smoke import SmokeSpec, parse_smoke
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -32,6 +35,12 @@ PUBLISH_INPUTS = (
     "tags",
     "platform",
     "push",
+    "cache",
+    "cache-dir",
+    "force-build",
+    "smoke",
+    "smoke-timeout",
+    "invoke-mode",
 )
 DEFAULT_REPOSITORY = "{env}-sse-streaming-lambda"
 DEFAULT_PLATFORM = "linux/amd64"
@@ -65,6 +74,12 @@ class PublishInputs:
     platform: str
     push: bool
     workspace: Path
+    cache: CacheMode = "registry-inline"
+    cache_dir: Path | None = None
+    force_build: bool = False
+    smoke: SmokeSpec | None = None
+    smoke_timeout: float = 30.0
+    invoke_mode: str | None = None
 
 
 def read_raw(names: tuple[str, ...], flags: Mapping[str, str | None]) -> dict[str, str]:
@@ -197,6 +212,25 @@ def parse_publish(raw: Mapping[str, str], workspace: Path) -> PublishInputs:
             f"input 'platform' is '{platform}', which Lambda cannot run",
             f"use one of {', '.join(PLATFORMS)} (Lambda's x86_64 and arm64)",
         )
+    cache = parse_cache_mode(raw.get("cache", "").strip())
+    cache_dir_value = raw.get("cache-dir", "").strip()
+    cache_dir = _path_in(workspace, "cache-dir", cache_dir_value) if cache_dir_value else None
+    if cache == "local" and cache_dir is None:
+        raise InputError(
+            "cache mode 'local' needs a folder and 'cache-dir' is empty",
+            "set 'cache-dir' to a folder that actions/cache restores and saves (e.g. "
+            "${{ runner.temp }}/.buildx-cache)",
+        )
+    timeout_value = raw.get("smoke-timeout", "").strip() or "30"
+    try:
+        smoke_timeout = float(timeout_value)
+    except ValueError:
+        smoke_timeout = -1.0
+    if not 1 <= smoke_timeout <= 600:
+        raise InputError(
+            f"input 'smoke-timeout' is '{timeout_value}', not a number of seconds from 1 to 600",
+            "give the seconds the image may take to answer its smoke probe, e.g. 30",
+        )
     return PublishInputs(
         env=env,
         region=region,
@@ -209,4 +243,10 @@ def parse_publish(raw: Mapping[str, str], workspace: Path) -> PublishInputs:
         platform=platform,
         push=_bool("push", raw.get("push", "").strip(), default=True),
         workspace=workspace,
+        cache=cache,
+        cache_dir=cache_dir,
+        force_build=_bool("force-build", raw.get("force-build", "").strip(), default=False),
+        smoke=parse_smoke(raw.get("smoke", "")),
+        smoke_timeout=smoke_timeout,
+        invoke_mode=parse_invoke_mode(raw.get("invoke-mode", "")),
     )

@@ -3,16 +3,18 @@ other tags once the image is complete, and prove every tag resolves to one diges
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from entrypoint import buildkit, github
+from entrypoint import buildkit, cache, github, lambda_checks, smoke
 from entrypoint.ecr import Ecr
 from entrypoint.engine import Engine
 from entrypoint.errors import PushRejectedError, RegistryError
+from entrypoint.fingerprint import Fingerprint, compute_fingerprint, resolve_with_engine
 from entrypoint.plan import Plan, make_plan
 from entrypoint.registry import Descriptor, Manifest, RegistryClient, Transport
 
@@ -64,13 +66,123 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
         engine = Engine.connect()
         builder = buildkit.detect_builder()
         github.info(f"  builder: {builder.kind} ({builder.version}), driver {builder.driver}")
+        support = cache.check_supported(inputs.cache, builder)
+        if support.note:
+            github.info(f"  cache: {support.note}")
 
     target: Target | None = None
     if inputs.push:
         with github.stage("log in to Amazon ECR"):
             plan, target = _connect(plan)
 
+    manifest: Manifest | None = None
+    source: Fingerprint | None = None
+    if target is not None:
+        with github.stage("look for an image built from the same sources"):
+            manifest, source = _reuse(plan, target, engine)
+
+    if manifest is None:
+        if support.needs_container_builder:
+            builder = buildkit.ensure_container_builder(builder)
+        built = _build(plan, target, builder)
+        with github.stage("check the image against Lambda's rules"):
+            facts = lambda_checks.facts_from_engine(engine.client, built.image_id)
+            lambda_checks.require_lambda_compatible(facts, inputs.platform, inputs.invoke_mode)
+            github.info(f"  {facts.os}/{facts.architecture}, {facts.size / 1e6:.1f} MB, entrypoint ok")
+        if inputs.smoke is not None:
+            with github.stage(f"smoke boot ({inputs.smoke.describe()})"):
+                result = smoke.smoke_boot(engine.client, built.image_id, inputs.smoke, inputs.smoke_timeout)
+                github.info(f"  {result.detail} after {result.seconds:.1f} s")
+        if target is None:
+            github.notice(
+                f"push is false: built and checked {plan.local_image} ({built.image_id}); nothing was pushed"
+            )
+            return PublishResult(
+                registry=plan.registry or "", repository=inputs.repository, digest="", references=()
+            )
+        with github.stage(f"push {plan.reference(plan.commit_tag)}"):
+            manifest = _push_commit_tag(engine, plan, target, built.image_id)
+    else:
+        assert target is not None
+        with github.stage(f"tag {plan.reference(plan.commit_tag)}"):
+            _tag(target, plan.commit_tag, manifest)
+
+    assert target is not None
+    assert plan.registry is not None
+    with github.stage("move " + ", ".join(plan.moving_tags)):
+        _move_tags(plan, target, manifest)
+    if source is not None:
+        # Recorded last, so only a complete publish can be reused by a later run.
+        _tag(target, source.tag, manifest)
+    with github.stage("verify the registry"):
+        _verify(plan, target, manifest.digest)
+    return PublishResult(
+        registry=plan.registry,
+        repository=inputs.repository,
+        digest=manifest.digest,
+        references=tuple(plan.reference(t) for t in plan.tags),
+    )
+
+
+def _reuse(plan: Plan, target: Target, engine: Engine) -> tuple[Manifest | None, Fingerprint | None]:
+    """The image this publish can point its tags at without building, if there is one."""
+    name = target.repository.name
+    existing = target.current[plan.commit_tag]
+    if existing and target.repository.tag_is_immutable(plan.commit_tag):
+        github.notice(
+            f"{plan.reference(plan.commit_tag)} already exists in an immutable repository; "
+            "reusing the image published for this commit"
+        )
+        return target.registry.get_manifest(name, existing.digest), None
+    inputs = plan.inputs
+    source = compute_fingerprint(
+        inputs.dockerfile,
+        inputs.context,
+        inputs.build_args,
+        inputs.platform,
+        resolve_with_engine(engine.client),
+    )
+    for warning in source.warnings:
+        github.warning(warning)
+    github.info(
+        f"  fingerprint {source.tag}: {source.files} files, {source.bytes / 1e6:.1f} MB, "
+        f"{len(source.bases)} base image(s), build args, platform"
+    )
+    if inputs.force_build:
+        github.info("  force-build is true: building without looking for it")
+        return None, source
+    found = target.registry.head_manifest(name, source.tag)
+    if found is None:
+        github.info("  no image with this fingerprint yet: building")
+        return None, source
+    github.notice(
+        f"build skipped: nothing that goes into the image changed (Dockerfile, context files "
+        f"after .dockerignore, build args, platform and base images match {source.tag}); "
+        f"pointing the tags at {found.digest}. Set force-build: true to rebuild anyway"
+    )
+    return target.registry.get_manifest(name, found.digest), source
+
+
+def _build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> buildkit.BuildResult:
+    inputs = plan.inputs
     with github.stage("build"), tempfile.TemporaryDirectory(prefix="lambda-publish-") as tmp:
+        cache_source = None
+        if target is not None and inputs.cache == "registry-inline":
+            previous = next((t for t in (inputs.env, "latest") if target.current.get(t)), None)
+            cache_source = plan.reference(previous) if previous else None
+            github.info(f"  cache from {cache_source or 'nothing yet (first publish)'}")
+        mode = inputs.cache
+        if target is None and mode in ("registry-inline", "registry"):
+            github.info("  push is false: no registry cache without the ECR login")
+            mode = "none"
+        cache_args = cache.cache_arguments(
+            mode,
+            builder,
+            cache_source=cache_source,
+            cache_ref=plan.reference(f"buildcache-{inputs.env}") if target else None,
+            local_dir=inputs.cache_dir,
+            scope=f"{inputs.repository}-{inputs.env}",
+        )
         request = buildkit.BuildRequest(
             dockerfile=inputs.dockerfile,
             context=inputs.context,
@@ -78,31 +190,34 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
             tags=(plan.local_image,),
             build_arg_keys=tuple(k for k, _ in inputs.build_args),
             iidfile=Path(tmp) / "iid",
+            cache_args=cache_args,
         )
         argv = buildkit.build_command(builder, request)
         env = buildkit.build_environment(os.environ, inputs.build_args)
-        built = buildkit.run_build(argv, env, request)
-        github.info(f"  image {built.image_id} ({len(built.cached_steps)} steps from cache)")
+        with contextlib.ExitStack() as stack:
+            if target is not None and plan.registry:
+                # BuildKit reads and writes registry cache with the CLI's credentials.
+                env["DOCKER_CONFIG"] = stack.enter_context(
+                    buildkit.registry_credentials(
+                        plan.registry, target.login.username, target.login.password, os.environ
+                    )
+                )
+            built = buildkit.run_build(argv, env, request)
+        if inputs.cache == "local" and inputs.cache_dir is not None:
+            cache.rotate_local_cache(inputs.cache_dir)
+        github.info(f"  image {built.image_id}")
+        if built.cached_steps:
+            github.info(f"  from cache: {'; '.join(built.cached_steps)}")
+        return built
 
-    if target is None:
-        github.notice(f"push is false: built {plan.local_image} ({built.image_id}); nothing was pushed")
-        return PublishResult(
-            registry=plan.registry or "", repository=inputs.repository, digest="", references=()
-        )
 
-    with github.stage(f"push {plan.reference(plan.commit_tag)}"):
-        manifest = _push_commit_tag(engine, plan, target, built.image_id)
-    with github.stage("move " + ", ".join(plan.moving_tags)):
-        _move_tags(plan, target, manifest)
-    with github.stage("verify the registry"):
-        _verify(plan, target, manifest.digest)
-    assert plan.registry is not None
-    return PublishResult(
-        registry=plan.registry,
-        repository=inputs.repository,
-        digest=manifest.digest,
-        references=tuple(plan.reference(t) for t in plan.tags),
-    )
+def _tag(target: Target, tag: str, manifest: Manifest) -> None:
+    current = target.current.get(tag) or target.registry.head_manifest(target.repository.name, tag)
+    if current and current.digest == manifest.digest:
+        github.info(f"  {tag} already points at {manifest.digest}")
+        return
+    target.registry.put_manifest(target.repository.name, tag, manifest)
+    github.info(f"  {tag} -> {manifest.digest}")
 
 
 def _connect(plan: Plan) -> tuple[Plan, Target]:
@@ -145,14 +260,6 @@ def _check_tags_can_move(plan: Plan, repository: Repository, current: dict[str, 
 
 def _push_commit_tag(engine: Engine, plan: Plan, target: Target, image_id: str) -> Manifest:
     name = target.repository.name
-    existing = target.current[plan.commit_tag]
-    if existing and target.repository.tag_is_immutable(plan.commit_tag):
-        # An immutable commit tag already names this commit's image: reuse it, as a rerun should.
-        github.notice(
-            f"{plan.reference(plan.commit_tag)} already exists in an immutable repository; "
-            "reusing the image published for this commit"
-        )
-        return target.registry.get_manifest(name, existing.digest)
     remote = f"{plan.registry}/{name}"
     engine.tag(image_id, remote, plan.commit_tag)
     try:

@@ -102,7 +102,10 @@ def test_publish_tags_commit_env_and_latest_with_one_single_manifest(
     # Every tag resolves, through the registry's own API, to the output digest.
     for tag in (app.head, "preprod", "latest"):
         assert digest_of(registry, repo, tag) == digest
-    assert sorted(registry.tags(repo)) == sorted([app.head, "preprod", "latest"])
+    tags = registry.tags(repo)
+    [source_tag] = [t for t in tags if t.startswith("src-")]
+    assert sorted(tags) == sorted([app.head, "preprod", "latest", source_tag])
+    assert digest_of(registry, repo, source_tag) == digest
 
     # A single linux/amd64 image manifest: what Lambda accepts.
     _, media_type, manifest = registry.manifest(repo, digest)
