@@ -291,11 +291,10 @@ class VerifyReport:
         failures = self.failures
         if not failures:
             return
-        images = len({f.image for f in self.findings})
         fixes = list(dict.fromkeys(f.fix for f in failures if f.fix))
         raise VerifyError(
-            f"{len(failures)} of {len(self.findings)} image(s) ({images} distinct) must not be "
-            "deployed: " + "; ".join(f"{f.source}: {f.image} {f.detail}" for f in failures),
+            f"{len(failures)} of {len(self.findings)} image(s) must not be deployed: "
+            + "; ".join(f"{f.source}: {f.image} {f.detail}" for f in failures),
             "; ".join(fixes),
         )
 

@@ -21,7 +21,7 @@ from entrypoint.verify import VERIFY_INPUTS, images_in_plan, parse_image_uri, pa
 from tests.lambda_images import Images
 from tests.support.composite import run_composite, runner_environment
 from tests.support.run import Run, run_entrypoint
-from tests.support.stack import MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, STACK_DIR
+from tests.support.stack import MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, STACK_DIR, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -260,7 +260,7 @@ def test_one_missing_image_fails_naming_it(
     assert run.code == 1, run.log
     assert run.outputs == {"checked": "1"}
     (error,) = run.error_lines()
-    assert error.startswith("::error::2 of 3 image(s) (3 distinct) must not be deployed: ")
+    assert error.startswith("::error::2 of 3 image(s) must not be deployed: ")
     assert f"aws_lambda_function.next: {registry.host}/verify/app@{missing} is missing: " in error
     assert f"{registry.host}/verify/nope has no manifest {missing}" in error
     assert "aws_lambda_function.api" not in error
@@ -412,7 +412,7 @@ def test_index_with_an_attestation_is_refused(
     assert run.code == 1, run.log
     assert run.outputs == {"checked": "1"}
     (error,) = run.error_lines()
-    assert error.startswith("::error::1 of 2 image(s) (2 distinct) must not be deployed: ")
+    assert error.startswith("::error::1 of 2 image(s) must not be deployed: ")
     assert (
         f"image-uris: {ECR_HOST}/{repo}@{index_digest} breaks Lambda's rules: (1) a single image manifest"
         in error
@@ -439,6 +439,22 @@ def test_wrong_invoke_mode_is_found_in_the_registrys_layers(
     (error,) = run.error_lines()
     assert "the Lambda Web Adapter must buffer" in error
     assert "found AWS_LWA_INVOKE_MODE=response_stream" in error
+
+
+def test_unreachable_registry_fails_every_image_once(aws_env: dict[str, str], tmp_path: Path) -> None:
+    dead = free_port()  # nothing listens there
+    digests = ["sha256:" + hashlib.sha256(n).hexdigest() for n in (b"one", b"two")]
+    run = verify(
+        tmp_path,
+        "--registry", f"127.0.0.1:{dead}",
+        "--image-uris", "\n".join(f"{ECR_HOST}/verify/app@{d}" for d in digests),
+    )  # fmt: skip
+    assert run.code == 1, run.log
+    # One retry budget (20 s) for the host, not one per image.
+    assert run.seconds < 35
+    (error,) = run.error_lines()
+    assert error.count(f"could not be checked: registry 127.0.0.1:{dead} is unreachable") == 2
+    assert "Fix: check that the registry host '127.0.0.1:" in error
 
 
 def test_plan_without_image_functions_passes_and_says_so(aws_env: dict[str, str], tmp_path: Path) -> None:
