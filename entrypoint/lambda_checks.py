@@ -179,7 +179,8 @@ def _manifest_violation(facts: ImageFacts) -> Violation | None:
     )
     if facts.is_index:
         kind = _KIND.get(facts.media_type or "", "an image index")
-        parts = [f"{len(facts.index_platforms)} image manifest(s) ({', '.join(facts.index_platforms)})"]
+        platforms = facts.index_platforms
+        parts = [f"{len(platforms)} image manifest(s) ({', '.join(platforms)})" if platforms else "no image"]
         if facts.attestation_manifests:
             parts.append(f"{facts.attestation_manifests} attestation manifest(s)")
         return Violation(

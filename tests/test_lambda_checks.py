@@ -189,6 +189,15 @@ def test_index_message_explains_lambdas_error_and_the_buildx_flags() -> None:
     assert "--provenance=false --sbom=false" in violation.fix
 
 
+def test_index_without_images_says_so() -> None:
+    (violation,) = check_image(
+        facts(media_type=DOCKER_LIST, is_index=True, attestation_manifests=1, os="", architecture=""),
+        "linux/amd64",
+        None,
+    )
+    assert violation.found == "a Docker manifest list with no image and 1 attestation manifest(s)"
+
+
 def test_size_wording_says_which_size() -> None:
     (uncompressed,) = check_image(facts(size=11 * 1024**3, size_compressed=False), "linux/amd64", None)
     assert uncompressed.found == "11.00 GB uncompressed"
