@@ -1,0 +1,203 @@
+"""Republishing on a fresh runner: unchanged sources skip the build, code-only changes reuse
+the dependency layers from the registry's inline cache. Each 'fresh runner' is the same
+engine emptied of everything but the base images."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import TYPE_CHECKING
+
+import docker.errors
+import pytest
+
+from tests.support.run import run_entrypoint
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from docker import DockerClient
+
+    from tests.conftest import MakeRepository
+    from tests.support.run import Run
+    from tests.support.stack import Registry
+    from tests.support.workspace import Workspace
+
+SKIPPED = "build skipped: nothing that goes into the image changed"
+
+
+def dockerfile(base: str) -> str:
+    # A "dependency" layer built from deps.txt before the code, like the SSE example's pip step.
+    return (
+        f"FROM {base}\n"
+        "ARG FLAVOUR=plain\n"
+        "COPY deps.txt /deps/deps.txt\n"
+        "RUN mkdir -p /deps/site && for d in $(cat /deps/deps.txt); do "
+        'echo "$d-$(date +%s%N)" > /deps/site/$d; done\n'
+        "COPY app/ /app/\n"
+        'LABEL flavour="${FLAVOUR}"\n'
+        'CMD ["cat", "/app/main.txt"]\n'
+    )
+
+
+@pytest.fixture
+def service(workspace: Workspace, busybox_base: str) -> Workspace:
+    workspace.commit_files(
+        {
+            "Dockerfile": dockerfile(busybox_base),
+            ".dockerignore": ".git\ndocs/\n*.md\n",
+            "deps.txt": "alpha\nbeta\n",
+            "app/main.txt": "v1\n",
+            "docs/notes.txt": "first notes\n",
+        },
+        "service",
+    )
+    return workspace
+
+
+def empty_engine(client: DockerClient, repo: str) -> None:
+    """What a new runner has: no images of ours and no build cache (bases stay)."""
+    for image in client.images.list(name=repo):
+        for tag in image.tags:
+            with contextlib.suppress(docker.errors.NotFound):
+                client.images.remove(tag, force=True)
+    client.api.prune_builds()
+    client.images.prune(filters={"dangling": True})
+
+
+def publish(ws: Workspace, registry: Registry, repo: str, tmp: Path, *args: str) -> Run:
+    run = run_entrypoint(
+        [
+            "--env",
+            "preprod",
+            "--region",
+            "eu-west-2",
+            "--dockerfile",
+            "Dockerfile",
+            "--registry",
+            registry.host,
+            "--repository",
+            repo,
+            *args,
+        ],
+        cwd=ws.path,
+        tmp=tmp,
+    )
+    assert run.code == 0, run.log
+    return run
+
+
+def layers(registry: Registry, repo: str, digest: str) -> list[str]:
+    return [layer["digest"] for layer in registry.manifest(repo, digest)[2]["layers"]]
+
+
+def test_unchanged_sources_skip_the_build_on_an_empty_engine(
+    service: Workspace,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    docker_client: DockerClient,
+    tmp_path: Path,
+) -> None:
+    repo = ecr_repository()
+    first = publish(service, registry, repo, tmp_path)
+    empty_engine(docker_client, repo)
+
+    # A new commit that changes nothing the image is made of (an ignored file).
+    service.commit_files({"docs/notes.txt": "second notes\n", "CHANGELOG.md": "x\n"}, "docs only")
+    again = publish(service, registry, repo, tmp_path)
+    assert SKIPPED in again.stdout, again.stdout
+    assert "▶ build\n" not in again.stdout and "BuildKit build log" not in again.stdout
+    assert again.outputs["digest"] == first.outputs["digest"]
+    assert registry.manifest(repo, service.head)[0] == first.outputs["digest"]
+    # No image was pulled or built: the engine is still empty of ours.
+    assert docker_client.images.list(name=repo) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "args"),
+    [
+        ({"app/main.txt": "v2\n"}, []),
+        ({"app/extra.txt": "new file\n"}, []),
+        ({}, ["--build-args", "FLAVOUR=spicy"]),
+        ({"Dockerfile": "# a comment changes the Dockerfile\n"}, []),
+    ],
+    ids=["included-file", "new-file", "build-arg", "dockerfile"],
+)
+def test_changes_that_reach_the_image_rebuild(
+    service: Workspace,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    tmp_path: Path,
+    change: dict[str, str],
+    args: list[str],
+    busybox_base: str,
+) -> None:
+    repo = ecr_repository()
+    first = publish(service, registry, repo, tmp_path)
+    if "Dockerfile" in change:
+        change = {"Dockerfile": change["Dockerfile"] + dockerfile(busybox_base)}
+    service.commit_files(change, "change")
+    again = publish(service, registry, repo, tmp_path, *args)
+    assert SKIPPED not in again.stdout
+    assert "no image with this fingerprint yet: building" in again.stdout
+    if change.get("Dockerfile") or change.get("app/main.txt") or args:
+        assert again.outputs["digest"] != first.outputs["digest"]
+
+
+def test_force_build_bypasses_the_skip(
+    service: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    repo = ecr_repository()
+    publish(service, registry, repo, tmp_path)
+    forced = publish(service, registry, repo, tmp_path, "--force-build", "true")
+    assert SKIPPED not in forced.stdout
+    assert "force-build is true" in forced.stdout
+    assert "BuildKit build log" in forced.stdout
+
+
+def test_code_change_on_an_empty_engine_reuses_dependency_layers(
+    service: Workspace,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    docker_client: DockerClient,
+    tmp_path: Path,
+) -> None:
+    repo = ecr_repository()
+    first = publish(service, registry, repo, tmp_path)
+    empty_engine(docker_client, repo)
+
+    service.commit_files({"app/main.txt": "v2\n"}, "code only")
+    second = publish(service, registry, repo, tmp_path)
+    assert f"cache from {registry.host}/{repo}:preprod" in second.stdout
+    # The dependency step came from the registry's inline cache, not from a rerun.
+    dependency_step = next(line for line in second.stdout.splitlines() if "RUN mkdir -p /deps/site" in line)
+    step_id = dependency_step.split()[0]
+    assert f"{step_id} CACHED" in second.stdout, second.stdout
+
+    first_layers = layers(registry, repo, first.outputs["digest"])
+    second_layers = layers(registry, repo, second.outputs["digest"])
+    assert second_layers[:-1] == first_layers[:-1]  # base, deps.txt, dependency layer
+    assert second_layers[-1] != first_layers[-1]  # the code layer
+    config = json.loads(
+        registry.blob(repo, registry.manifest(repo, second.outputs["digest"])[2]["config"]["digest"])
+    )
+    assert config["config"]["Cmd"] == ["cat", "/app/main.txt"]
+
+
+def test_cache_none_builds_and_publishes(
+    service: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    repo = ecr_repository()
+    run = publish(service, registry, repo, tmp_path, "--cache", "none")
+    assert "BUILDKIT_INLINE_CACHE" not in run.stdout and "--cache-from" not in run.stdout
+    assert registry.manifest(repo, "latest")[0] == run.outputs["digest"]
+
+
+def test_inline_cache_metadata_travels_with_the_image(
+    service: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    repo = ecr_repository()
+    run = publish(service, registry, repo, tmp_path)
+    manifest = registry.manifest(repo, run.outputs["digest"])[2]
+    config = json.loads(registry.blob(repo, manifest["config"]["digest"]))
+    assert "moby.buildkit.cache.v0" in config
