@@ -1,0 +1,190 @@
+"""Nothing Lambda would refuse, and nothing that cannot boot, leaves the runner: the publish
+job checks the built image and smoke-boots it before pushing anything."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.support.run import run_entrypoint
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+    from tests.conftest import MakeRepository
+    from tests.support.run import Run
+    from tests.support.stack import Registry
+    from tests.support.workspace import Workspace
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sse-streaming-lambda"
+
+
+def publish(
+    ws: Workspace, registry: Registry, repo: str, tmp: Path, *args: str, dockerfile: str = "Dockerfile"
+) -> Run:
+    return run_entrypoint(
+        [
+            "--env",
+            "preprod",
+            "--region",
+            "eu-west-2",
+            "--dockerfile",
+            dockerfile,
+            "--registry",
+            registry.host,
+            "--repository",
+            repo,
+            *args,
+        ],
+        cwd=ws.path,
+        tmp=tmp,
+    )
+
+
+def refused(run: Run, registry: Registry, repo: str) -> str:
+    assert run.code == 1, run.log
+    [line] = run.error_lines()
+    assert "▶ push" not in run.stdout
+    assert registry.tags(repo) == []
+    return line
+
+
+def test_platform_input_builds_for_lambda_arm64(
+    workspace: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    # The build always targets 'platform', so a wrong-architecture image can only come from
+    # elsewhere: the verify gate's tests cover that (tests/test_verify.py, test_lambda_checks.py).
+    workspace.commit_files(
+        {"Dockerfile": 'FROM scratch\nCOPY app.txt /app.txt\nCMD ["/app"]\n', "app.txt": "x\n"}
+    )
+    repo = ecr_repository()
+    run = publish(workspace, registry, repo, tmp_path, "--platform", "linux/arm64")
+    assert run.code == 0, run.log
+    manifest = registry.manifest(repo, run.outputs["digest"])[2]
+    config = json.loads(registry.blob(repo, manifest["config"]["digest"]))
+    assert (config["os"], config["architecture"]) == ("linux", "arm64")
+
+
+def test_image_without_entrypoint_or_cmd_is_refused(
+    workspace: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
+) -> None:
+    workspace.commit_files({"Dockerfile": "FROM scratch\nCOPY app.txt /app.txt\n", "app.txt": "x\n"})
+    repo = ecr_repository()
+    line = refused(publish(workspace, registry, repo, tmp_path), registry, repo)
+    assert "ENTRYPOINT" in line and "CMD" in line
+
+
+def test_image_that_exits_at_start_fails_its_smoke_boot_with_its_log(
+    workspace: Workspace,
+    busybox_base: str,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    docker_client: DockerClient,
+    tmp_path: Path,
+) -> None:
+    workspace.commit_files(
+        {
+            "Dockerfile": f'FROM {busybox_base}\nCMD ["sh", "-c", "echo config file missing >&2; exit 3"]\n',
+        }
+    )
+    repo = ecr_repository()
+    run = publish(workspace, registry, repo, tmp_path, "--smoke", "8080/health", "--smoke-timeout", "10")
+    line = refused(run, registry, repo)
+    assert "exited with code 3" in line
+    assert "config file missing" in run.stdout
+    leftovers = docker_client.containers.list(
+        all=True, filters={"label": "lambda-image-publish.purpose=smoke-boot"}
+    )
+    assert leftovers == []
+
+
+@pytest.fixture
+def example(workspace: Workspace) -> Workspace:
+    shutil.copytree(EXAMPLE, workspace.path / "service", ignore=shutil.ignore_patterns("__pycache__"))
+    workspace.commit("example service")
+    return workspace
+
+
+def example_args(python_base: str, adapter_image: str) -> list[str]:
+    return ["--build-args", f"BASE_IMAGE={python_base}\nADAPTER_IMAGE={adapter_image}"]
+
+
+def test_example_passes_its_smoke_boot_and_invoke_mode_check(
+    example: Workspace,
+    python_base: str,
+    adapter_image: str,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    tmp_path: Path,
+) -> None:
+    repo = ecr_repository()
+    run = publish(
+        example,
+        registry,
+        repo,
+        tmp_path,
+        *example_args(python_base, adapter_image),
+        "--smoke",
+        "8080/health",
+        "--invoke-mode",
+        "response-stream",
+        dockerfile="service/Dockerfile",
+    )
+    assert run.code == 0, run.log
+    assert "▶ smoke boot" in run.stdout
+    assert registry.manifest(repo, "latest")[0] == run.outputs["digest"]
+
+
+def test_example_missing_a_runtime_dependency_fails_its_smoke_boot(
+    example: Workspace,
+    python_base: str,
+    adapter_image: str,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    tmp_path: Path,
+) -> None:
+    requirements = example.path / "service" / "requirements.txt"
+    kept = [line for line in requirements.read_text().splitlines() if not line.lower().startswith("fastapi")]
+    requirements.write_text("\n".join(kept) + "\n")
+    example.commit("drop fastapi")
+    repo = ecr_repository()
+    run = publish(
+        example,
+        registry,
+        repo,
+        tmp_path,
+        *example_args(python_base, adapter_image),
+        "--smoke",
+        "8080/health",
+        dockerfile="service/Dockerfile",
+    )
+    line = refused(run, registry, repo)
+    assert "smoke boot" in line
+    assert "ModuleNotFoundError: No module named 'fastapi'" in run.stdout
+
+
+def test_buffered_invoke_mode_is_refused_for_a_streaming_adapter_image(
+    example: Workspace,
+    python_base: str,
+    adapter_image: str,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    tmp_path: Path,
+) -> None:
+    repo = ecr_repository()
+    run = publish(
+        example,
+        registry,
+        repo,
+        tmp_path,
+        *example_args(python_base, adapter_image),
+        "--invoke-mode",
+        "buffered",
+        dockerfile="service/Dockerfile",
+    )
+    line = refused(run, registry, repo)
+    assert "AWS_LWA_INVOKE_MODE" in line and "response_stream" in line
