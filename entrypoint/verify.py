@@ -280,7 +280,7 @@ class VerifyReport:
         return lines
 
     def summary(self) -> str:
-        title = "### Lambda images verified\n\n"
+        title = "### Lambda images refused\n\n" if self.failures else "### Lambda images verified\n\n"
         if not self.findings:
             return title + "\n".join(self.notes) + "\n"
         rows = [(f.source, f"`{f.image}`", f"{_MARK[f.status]} {f.status}", f.detail) for f in self.findings]
