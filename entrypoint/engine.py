@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import docker
@@ -50,6 +51,20 @@ class Engine:
                 "DOCKER_HOST at a running engine",
             ) from exc
         return cls(client)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.client.info().get("Architecture", ""))
+
+    def runs(self, platform: str) -> bool:
+        """Whether the engine can start images of `platform` natively (or with emulation)."""
+        arch = platform.split("/")[1]
+        native = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+        if native.get(self.architecture) == arch:
+            return True
+        # binfmt_misc entries registered by qemu-user-static let the kernel run foreign binaries.
+        qemu = {"amd64": "qemu-x86_64", "arm64": "qemu-aarch64"}[arch]
+        return Path("/proc/sys/fs/binfmt_misc", qemu).exists()
 
     def image(self, reference: str) -> LocalImage:
         try:

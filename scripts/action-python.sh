@@ -9,7 +9,8 @@ if [ -z "$python" ]; then
   echo "::error::python3 is not on this runner's PATH. Fix: use an Ubuntu runner or run actions/setup-python before this action."
   exit 1
 fi
-key="$(cat "$action_path/pyproject.toml" | sha256sum | cut -c1-16)"
+# Keyed by the package's files too: two refs of the action in one job must not share a venv.
+key="$(cat "$action_path/pyproject.toml" "$action_path"/entrypoint/*.py | sha256sum | cut -c1-16)"
 venv="${RUNNER_TEMP:-/tmp}/lambda-image-publish-$key"
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
