@@ -68,7 +68,8 @@ class Repository:
         return not any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.mutable_patterns)
 
 
-def _fail(call: str, action: str, exc: Exception) -> AwsError:
+def aws_error(call: str, action: str, exc: Exception) -> AwsError:
+    """The one line a failed AWS call turns into: which call, why, and what to change."""
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return AwsError(f"AWS credentials are missing: {call} could not be signed", _CREDENTIALS_FIX)
     if isinstance(exc, TokenRetrievalError):
@@ -111,7 +112,7 @@ class Ecr:
         try:
             reply = self._client.get_authorization_token()
         except (BotoCoreError, ClientError) as exc:
-            raise _fail("ecr:GetAuthorizationToken", "ecr:GetAuthorizationToken", exc) from exc
+            raise aws_error("ecr:GetAuthorizationToken", "ecr:GetAuthorizationToken", exc) from exc
         data = reply["authorizationData"][0]
         user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
         endpoint = data["proxyEndpoint"]
@@ -129,9 +130,9 @@ class Ecr:
                     f"(terraform apply -target=aws_ecr_repository.<name>) that creates '{name}', "
                     "then rerun this job",
                 ) from exc
-            raise _fail("ecr:DescribeRepositories", "ecr:DescribeRepositories", exc) from exc
+            raise aws_error("ecr:DescribeRepositories", "ecr:DescribeRepositories", exc) from exc
         except BotoCoreError as exc:
-            raise _fail("ecr:DescribeRepositories", "ecr:DescribeRepositories", exc) from exc
+            raise aws_error("ecr:DescribeRepositories", "ecr:DescribeRepositories", exc) from exc
         repo: Any = reply["repositories"][0]
         return Repository(
             name=repo["repositoryName"],
