@@ -777,7 +777,7 @@ def _context_sources(
                 continue
             heredoc = False
             for word in words[:-1]:  # the last one is the destination
-                if heredoc or word.startswith("<<"):  # a heredoc body, not a context file
+                if heredoc or word.startswith("<<"):  # a heredoc, not a context file
                     heredoc = word in ("<<", "<<-")  # `<< EOF`: the name is the next word
                     continue
                 if keyword == "ADD" and _REMOTE.match(word):
@@ -990,7 +990,7 @@ def _resolve(root: str, parts: Sequence[str], links: set[str]) -> str:
         hops += 1
         if hops > _MAX_LINKS:
             raise _SymlinkLoop(candidate)
-        pass
+        links.add(candidate)
         target = str(Path(full).readlink())
         if target.startswith("/"):
             current = []
@@ -1008,7 +1008,9 @@ def _glob(root: str, base: str, pattern: str, regex: re.Pattern[str]) -> Iterato
         try:
             with os.scandir(f"{root}/{base}/{folder}") as entries:
                 listed = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            # Missing: nothing matches. Unreadable: docker cannot send it either, so the
+            # ignore file drops it or the build fails before anything is published.
             return
         for name, is_dir in listed:
             path = f"{folder}/{name}" if folder else name

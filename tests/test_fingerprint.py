@@ -19,7 +19,9 @@ from entrypoint.fingerprint import (
     Fingerprint,
     base_images,
     compute_fingerprint,
+    hashed_paths,
     included_paths,
+    included_paths_under,
     resolve_with_engine,
 )
 from tests.support.stack import Registry, docker_cli
@@ -280,7 +282,7 @@ def test_exception_brings_its_folders_along(tmp_path: Path) -> None:
     _write(
         root,
         {
-            "Dockerfile": "FROM python:3.12-slim\n",
+            "Dockerfile": "FROM python:3.12-slim\nCOPY . /app\n",
             ".dockerignore": "*\n!src/app.py\n",
             "src/app.py": "x",
             "src/other.py": "x",
@@ -303,7 +305,7 @@ def test_ignore_rules_are_case_sensitive_unlike_docker_py(tmp_path: Path) -> Non
     _write(
         root,
         {
-            "Dockerfile": "FROM python:3.12-slim\n",
+            "Dockerfile": "FROM python:3.12-slim\nCOPY . /app\n",
             ".dockerignore": "build\n",
             "Build/x.py": "1",
             "build/y": "1",
@@ -327,6 +329,467 @@ def test_large_file_is_streamed(tree: Path) -> None:
         handle.seek((3 << 20) - 1)
         handle.write(b"\xff" if handle.read(1) != b"\xff" else b"\x00")
     assert fingerprint(tree).value != before.value
+
+
+# --------------------------------------------------------------------------- which paths count
+
+# A repository with the Dockerfile at its root: the context holds `.git/` and everything else.
+REPO: dict[str, str | bytes] = {
+    ".dockerignore": "*.log\n",
+    ".git/HEAD": "ref: refs/heads/main\n",
+    ".git/objects/ab/cdef0123": b"\x78\x01",
+    "requirements.txt": "fastapi==0.110\n",
+    "app/main.py": "print('hello')\n",
+    "app/util.py": "X = 1\n",
+    "app/static/index.html": "<h1>hi</h1>\n",
+    "a.txt": "a\n",
+    "b.txt": "b\n",
+    "notes.md": "notes\n",
+    "debug.log": "noise\n",
+    "docs/a.txt": "nested\n",
+    "data/real.txt": "real\n",
+    "scripts/build.sh": "echo build\n",
+}
+# Every path of the `repo` fixture that docker sends (not the Dockerfile, which each test writes).
+SENT = {name for name in REPO if name != "debug.log"} | {
+    "link.txt",
+    "applink",
+    ".git",
+    ".git/objects",
+    ".git/objects/ab",
+    "app",
+    "app/static",
+    "docs",
+    "data",
+    "scripts",
+}
+
+
+def _under(*roots: str) -> set[str]:
+    """The sent paths at or under `roots`, with their folders: what a referenced scope hashes."""
+    found = {path for path in SENT if any(path == r or path.startswith(f"{r}/") for r in roots)}
+    return found | {parent for path in found for parent in _folders(path)}
+
+
+def _folders(path: str) -> set[str]:
+    parts = path.split("/")
+    return {"/".join(parts[:depth]) for depth in range(1, len(parts))}
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    _write(root, REPO)
+    (root / "link.txt").symlink_to("data/real.txt")
+    (root / "applink").symlink_to("app")
+    return root
+
+
+def _scope(root: Path, dockerfile: str, build_args: Sequence[tuple[str, str]] = ()) -> tuple[str, set[str]]:
+    (root / "Dockerfile").write_text(dockerfile)
+    return hashed_paths(root / "Dockerfile", root, build_args, PLATFORM)
+
+
+EXAMPLE = "FROM python:3.12-slim\nWORKDIR /var/task\nCOPY requirements.txt ./\nCOPY app/ ./app/\n"
+WHOLE = "whole context"
+
+# (id, Dockerfile, build args, the paths hashed or WHOLE, what the scope says)
+SCOPES: list[tuple[str, str, list[tuple[str, str]], set[str] | str, str]] = [
+    ("the example's COPYs", EXAMPLE, [], _under("requirements.txt", "app"), "referenced paths"),
+    ("no COPY at all", "FROM python:3.12-slim\nRUN pip install x\n", [], set(), "referenced paths"),
+    (
+        "JSON array form, several sources",
+        'FROM scratch\nCOPY ["requirements.txt", "app/static", "/var/task/"]\n',
+        [],
+        _under("requirements.txt", "app/static"),
+        "",
+    ),
+    (
+        "flags before the sources",
+        "FROM scratch\nCOPY --chown=1000:1000 --chmod=644 --link --parents --exclude=*.pyc a.txt app /x/\n",
+        [],
+        _under("a.txt", "app"),
+        "",
+    ),
+    (
+        "leading / and ./, .. stops at the root",
+        "FROM scratch\nCOPY /requirements.txt ./data/ ../../b.txt /x/\n",
+        [],
+        _under("requirements.txt", "data", "b.txt"),
+        "",
+    ),
+    (
+        "wildcard: *.txt stays at the top",
+        "FROM scratch\nCOPY *.txt /x/\n",
+        [],
+        _under("a.txt", "b.txt", "requirements.txt", "link.txt", "data/real.txt"),
+        "",
+    ),
+    (
+        "wildcard in a folder",
+        "FROM scratch\nCOPY app/*.py /x/\n",
+        [],
+        _under("app/main.py", "app/util.py"),
+        "",
+    ),
+    (
+        "wildcard ? and a class",
+        "FROM scratch\nCOPY ?.txt /x/\nCOPY [m-z]otes.* /y/\n",
+        [],
+        _under("a.txt", "b.txt", "notes.md"),
+        "",
+    ),
+    ("negated class", "FROM scratch\nCOPY [^a].txt /x/\n", [], _under("b.txt"), ""),
+    ("wildcard in a middle segment", "FROM scratch\nCOPY */a.txt /x/\n", [], _under("docs/a.txt"), ""),
+    ("a wildcard matching a folder takes it whole", "FROM scratch\nCOPY ap? /x/\n", [], _under("app"), ""),
+    ("* matches a leading dot: .git too", "FROM scratch\nCOPY *git /x/\n", [], _under(".git"), ""),
+    (
+        "** takes the folder it starts in",
+        "FROM scratch\nCOPY --parents app/**/*.html /x/\n",
+        [],
+        _under("app"),
+        "",
+    ),
+    (
+        "quotes are removed",
+        "FROM scratch\nCOPY \"requirements.txt\" 'a.txt' /x/\n",
+        [],
+        _under("requirements.txt", "a.txt"),
+        "",
+    ),
+    (
+        "a symlink source brings its target",
+        "FROM scratch\nCOPY link.txt /x\n",
+        [],
+        {"link.txt", "data", "data/real.txt"},
+        "",
+    ),
+    (
+        "a symlinked folder on the way",
+        "FROM scratch\nCOPY applink/main.py /x\n",
+        [],
+        {"applink", "app", "app/main.py"},
+        "",
+    ),
+    (
+        "COPY --from a stage or image reads no context",
+        "FROM alpine:3.20 AS build\nRUN make\nFROM scratch\nCOPY --from=build /out /out\n"
+        "COPY --from=busybox:1.36 /bin/sh /sh\n",
+        [],
+        set(),
+        "",
+    ),
+    (
+        "heredoc sources",
+        "FROM scratch\nCOPY <<EOF /etc/x\n.\nEOF\nCOPY <<-'A' <<B /etc/\n\tx\n\tA\ny\nB\n",
+        [],
+        set(),
+        "",
+    ),
+    (
+        "ADD of a URL reads no context, a local ADD does",
+        "FROM scratch\nADD https://example.com/t.tgz a.txt /opt/\n",
+        [],
+        _under("a.txt"),
+        "",
+    ),
+    (
+        "bind mount from the context",
+        "FROM busybox\nRUN --mount=type=bind,source=scripts,target=/s --mount=type=cache,target=/c "
+        "--mount=type=bind,from=build,source=/,target=/b --mount=type=secret,id=x sh /s/build.sh\n",
+        [],
+        _under("scripts"),
+        "",
+    ),
+    (
+        "bind mount, src= and default type",
+        "FROM busybox\nRUN --mount=src=data,target=/d ls /d\n",
+        [],
+        _under("data"),
+        "",
+    ),
+    ("stage ARG", "FROM scratch\nARG SRC=app\nCOPY $SRC/ /x/\n", [], _under("app"), ""),
+    (
+        "stage ARG from a build arg",
+        "FROM scratch\nARG SRC=app\nCOPY ${SRC} /x/\n",
+        [("SRC", "data")],
+        _under("data"),
+        "",
+    ),
+    (
+        "global ARG redeclared",
+        "ARG SRC=data\nFROM scratch\nARG SRC\nCOPY ${SRC}/real.txt /x\n",
+        [],
+        _under("data/real.txt"),
+        "",
+    ),
+    (
+        "ENV, and ENV wins over ARG",
+        "FROM scratch\nENV D=app\nARG D=data\nCOPY ${D:-x}/main.py /x\n",
+        [],
+        _under("app/main.py"),
+        "",
+    ),
+    (
+        "ENV inherited by a stage FROM it",
+        'FROM scratch AS base\nENV D="scripts"\nFROM base\nCOPY $D /s\n',
+        [],
+        _under("scripts"),
+        "",
+    ),
+    (
+        "platform ARG declared in the stage",
+        "FROM scratch\nARG TARGETARCH\nCOPY a.txt ${TARGETARCH}.txt /x/\n",
+        [],
+        _under("a.txt"),
+        "",
+    ),
+    (
+        "Docker's own frontend",
+        "# syntax=docker/dockerfile:1.7-labs\nFROM scratch\nCOPY a.txt /x\n",
+        [],
+        _under("a.txt"),
+        "",
+    ),
+    ("COPY . .", "FROM scratch\nCOPY . .\n", [], WHOLE, "whole context (COPY . reads the context root)"),
+    ("a folder and its parent", "FROM scratch\nCOPY app/.. /x\n", [], WHOLE, "reads the context root"),
+    (
+        "bind mount without source",
+        "FROM busybox\nRUN --mount=type=bind,target=/src make\n",
+        [],
+        WHOLE,
+        "binds the context root",
+    ),
+    (
+        "bind mount of .",
+        "FROM busybox\nRUN --mount=type=bind,source=.,target=/src make\n",
+        [],
+        WHOLE,
+        "reads the context root",
+    ),
+    (
+        "global ARG not redeclared",
+        "ARG SRC=app\nFROM scratch\nCOPY $SRC /x\n",
+        [],
+        WHOLE,
+        "cannot expand $SRC",
+    ),
+    (
+        "default of an unset variable",
+        "FROM python:3.12\nCOPY ${APP:-app} /x\n",
+        [],
+        WHOLE,
+        "cannot expand ${APP:-app}",
+    ),
+    (
+        "a variable the base image may set",
+        "FROM python:3.12\nCOPY $HOME/x /x\n",
+        [],
+        WHOLE,
+        "cannot expand $HOME/x",
+    ),
+    ("backslash", "FROM scratch\nCOPY a\\*.txt /x\n", [], WHOLE, "backslash"),
+    ("malformed class", "FROM scratch\nCOPY [a- /x\n", [], WHOLE, "not a valid pattern"),
+    ("** at the top", "FROM scratch\nCOPY **/*.py /x\n", [], WHOLE, "may match any path"),
+    (
+        "another frontend",
+        "# syntax=example.com/frontend:1\nFROM scratch\nCOPY a.txt /x\n",
+        [],
+        WHOLE,
+        "frontend example.com/frontend:1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "build_args", "expected", "scope"), [pytest.param(*row[1:], id=row[0]) for row in SCOPES]
+)
+def test_hashed_paths(
+    repo: Path, dockerfile: str, build_args: list[tuple[str, str]], expected: set[str] | str, scope: str
+) -> None:
+    said, paths = _scope(repo, dockerfile, build_args)
+    if expected == WHOLE:
+        assert said.startswith(f"{WHOLE} ("), said
+        assert paths == included_paths(repo, repo / "Dockerfile")
+    else:
+        assert said == "referenced paths"
+        assert paths == expected
+    assert scope in said
+
+
+def test_symlink_to_the_context_root_means_the_whole_context(repo: Path) -> None:
+    (repo / "all").symlink_to(".")
+    (repo / "loop").symlink_to("loop")
+    assert _scope(repo, "FROM scratch\nCOPY all /x\n")[0].startswith(
+        f"{WHOLE} (COPY all leads to the context root"
+    )
+    assert "too many symlinks" in _scope(repo, "FROM scratch\nCOPY loop /x\n")[0]
+
+
+def test_git_and_unreferenced_changes_keep_the_value(repo: Path) -> None:
+    (repo / "Dockerfile").write_text(EXAMPLE)
+    before = fingerprint(repo)
+    assert before.scope == "referenced paths"
+    assert before.files == 4  # requirements.txt and app/'s three files
+    # A new commit: .git changes throughout.
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/other\n")
+    (repo / ".git" / "objects" / "cd").mkdir()
+    (repo / ".git" / "objects" / "cd" / "0123").write_bytes(b"\x78\x02")
+    (repo / ".git" / "index").write_bytes(os.urandom(64))
+    _edit(repo / "notes.md")
+    _edit(repo / "scripts" / "build.sh")
+    (repo / "data" / "real.txt").chmod(0o600)
+    (repo / "new.txt").write_text("new\n")
+    (repo / ".dockerignore").write_text("*.log\n.venv\n")  # rules that change nothing here
+    assert fingerprint(repo) == before
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "change"),
+    [
+        pytest.param(EXAMPLE, lambda root: _edit(root / "requirements.txt"), id="a referenced file"),
+        pytest.param(
+            EXAMPLE,
+            lambda root: _edit(root / "app" / "static" / "index.html"),
+            id="a file deep in a referenced folder",
+        ),
+        pytest.param(
+            EXAMPLE,
+            lambda root: (root / "app" / "new.py").write_text(""),
+            id="a new file in a referenced folder",
+        ),
+        pytest.param(
+            EXAMPLE, lambda root: (root / "app" / "main.py").chmod(0o755), id="a referenced file's mode"
+        ),
+        pytest.param(
+            EXAMPLE, lambda root: (root / "requirements.txt").unlink(), id="a referenced file deleted"
+        ),
+        pytest.param(
+            EXAMPLE,
+            lambda root: (root / ".dockerignore").write_text("app/util.py\n"),
+            id="ignoring a referenced file",
+        ),
+        pytest.param(
+            "FROM scratch\nCOPY *.txt /x/\n",
+            lambda root: _edit(root / "b.txt"),
+            id="a file a wildcard matches",
+        ),
+        pytest.param(
+            "FROM scratch\nCOPY *.txt /x/\n",
+            lambda root: (root / "c.txt").write_text(""),
+            id="a new file a wildcard matches",
+        ),
+        pytest.param(
+            "FROM scratch\nCOPY link.txt /x\n",
+            lambda root: _edit(root / "data" / "real.txt"),
+            id="a symlink source's target",
+        ),
+        pytest.param(
+            "FROM busybox\nRUN --mount=type=bind,source=scripts,target=/s sh /s/build.sh\n",
+            lambda root: _edit(root / "scripts" / "build.sh"),
+            id="a file a bind mount reads",
+        ),
+    ],
+)
+def test_change_in_a_referenced_path_changes_the_value(
+    repo: Path, dockerfile: str, change: Callable[[Path], object]
+) -> None:
+    (repo / "Dockerfile").write_text(dockerfile)
+    before = fingerprint(repo)
+    change(repo)
+    assert fingerprint(repo).value != before.value
+
+
+def test_wildcard_does_not_reach_deeper(repo: Path) -> None:
+    (repo / "Dockerfile").write_text("FROM scratch\nCOPY *.txt /x/\n")
+    before = fingerprint(repo)
+    _edit(repo / "docs" / "a.txt")
+    (repo / "app" / "c.txt").write_text("")
+    assert fingerprint(repo) == before
+
+
+def test_copy_dot_hashes_the_whole_context_git_included_unless_ignored(repo: Path) -> None:
+    (repo / "Dockerfile").write_text("FROM python:3.12-slim\nCOPY . .\n")
+    before = fingerprint(repo)
+    assert before.scope == "whole context (COPY . reads the context root)"
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/other\n")
+    assert fingerprint(repo).value != before.value
+    (repo / ".dockerignore").write_text("*.log\n.git\n")
+    ignoring = fingerprint(repo)
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/third\n")
+    assert fingerprint(repo) == ignoring
+
+
+def test_ignored_file_does_not_count_even_when_referenced(repo: Path) -> None:
+    (repo / "Dockerfile").write_text("FROM scratch\nCOPY debug.log a.txt /x/\n")
+    before = fingerprint(repo)
+    assert before.files == 1
+    _edit(repo / "debug.log")
+    assert fingerprint(repo) == before
+
+
+def test_stages_read_nothing_from_the_context(repo: Path) -> None:
+    (repo / "Dockerfile").write_text(
+        "FROM alpine:3.20 AS build\nRUN --mount=type=cache,target=/c make\n"
+        "FROM scratch\nCOPY --from=build /out /out\nCOPY <<EOF /etc/motd\nhi\nEOF\n"
+    )
+    before = fingerprint(repo)
+    assert (before.scope, before.files) == ("referenced paths", 0)
+    for name in ("a.txt", "requirements.txt", "app/main.py", ".git/HEAD"):
+        _edit(repo / name)
+    assert fingerprint(repo) == before
+
+
+def test_the_scope_mode_is_part_of_the_value(tmp_path: Path) -> None:
+    # Same Dockerfile bytes, same (empty) paths: only the mode differs, with the frontend.
+    _write(tmp_path, {"Dockerfile": "FROM scratch\n", ".dockerignore": "*\n!Dockerfile\n"})
+    referenced = fingerprint(tmp_path)
+    whole = fingerprint(tmp_path, build_args=[("BUILDKIT_SYNTAX", "example.com/frontend:1")])
+    assert referenced.scope == "referenced paths"
+    assert whole.scope.startswith(WHOLE)
+    assert referenced.value != whole.value
+
+
+@pytest.mark.parametrize(
+    "roots",
+    [
+        ["app"],
+        ["app/main.py", "docs"],
+        ["pkg", "pkg/mod.py"],
+        ["docs/keep.md", "docs/drop.md"],
+        ["sub/a", "Build", "build/out"],
+        ["node_modules", "missing/file", "app.log"],
+        ["link"],
+    ],
+)
+def test_included_paths_under_agrees_with_included_paths(tmp_path: Path, roots: list[str]) -> None:
+    """Walking only the referenced subtrees yields what the whole walk yields there."""
+    root = tmp_path / "ctx"
+    _write(
+        root,
+        {
+            "Dockerfile": "FROM scratch\n",
+            ".dockerignore": (
+                "*.log\n**/__pycache__\nnode_modules\ndocs/*\n!docs/keep.md\nbuild\nsub/**/deep.txt\n"
+            ),
+            "app/main.py": "x",
+            "app.log": "x",
+            "pkg/__pycache__/m.pyc": "x",
+            "pkg/mod.py": "x",
+            "node_modules/a/index.js": "x",
+            "docs/keep.md": "x",
+            "docs/drop.md": "x",
+            "build/out": "x",
+            "Build/kept": "x",
+            "sub/a/b/deep.txt": "x",
+            "sub/a/b/shallow.txt": "x",
+        },
+    )
+    (root / "link").symlink_to("pkg")
+    everything = included_paths(root, root / "Dockerfile")
+    wanted = {path for path in everything if any(path == r or path.startswith(f"{r}/") for r in roots)}
+    wanted |= {parent for path in wanted for parent in _folders(path)}
+    assert included_paths_under(root, root / "Dockerfile", roots) == wanted
 
 
 # --------------------------------------------------------------------------- base images
@@ -681,3 +1144,40 @@ def test_included_paths_cover_what_buildkit_copies(
     ours = included_paths(context, context / "Dockerfile")
     assert ours - copied == only_ours
     assert copied <= ours
+
+
+def test_hashed_paths_cover_what_buildkit_copies(
+    docker_client: DockerClient, busybox_base: str, repo: Path, tmp_path: Path
+) -> None:
+    """Each COPY puts its sources at their own path in the image: every file BuildKit copied
+    (a symlink source as its target's content) is among the paths the fingerprint hashed."""
+    dockerfile = (
+        f"FROM {busybox_base} AS mounted\n"
+        "RUN --mount=type=bind,source=scripts,target=/s cp /s/build.sh /build.sh\n"
+        "FROM scratch\n"
+        "COPY requirements.txt /requirements.txt\n"
+        "COPY app/ /app/\n"
+        "COPY *.txt /\n"
+        'COPY ["docs/a.txt", "/docs/a.txt"]\n'
+        "COPY --from=mounted /build.sh /scripts/build.sh\n"
+    )
+    scope, hashed = _scope(repo, dockerfile)
+    assert scope == "referenced paths"
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [docker_cli(), "build", "--output", f"type=local,dest={out}", str(repo)],
+        env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    copied = {path.relative_to(out).as_posix() for path in out.rglob("*")}
+    assert copied <= hashed
+    assert {"link.txt", "scripts/build.sh", "app/static/index.html"} <= copied
+    # COPY followed the symlink: the image holds data/real.txt's bytes, which are hashed.
+    assert not (out / "link.txt").is_symlink()
+    assert (out / "link.txt").read_text() == REPO["data/real.txt"]
+    assert "data/real.txt" in hashed
+    assert not any(path.startswith(".git") for path in hashed)
