@@ -150,8 +150,8 @@ def _reuse(plan: Plan, target: Target, engine: Engine) -> tuple[Manifest | None,
     for warning in source.warnings:
         github.warning(warning)
     github.info(
-        f"  fingerprint {source.tag}: {source.files} files, {source.bytes / 1e6:.1f} MB, "
-        f"{len(source.bases)} base image(s), build args, platform"
+        f"  fingerprint {source.tag}: {source.files} files ({source.scope}), "
+        f"{source.bytes / 1e6:.1f} MB, {len(source.bases)} base image(s), build args, platform"
     )
     if inputs.force_build:
         github.info("  force-build is true: building without looking for it")
@@ -161,8 +161,8 @@ def _reuse(plan: Plan, target: Target, engine: Engine) -> tuple[Manifest | None,
         github.info("  no image with this fingerprint yet: building")
         return None, source
     github.notice(
-        f"build skipped: nothing that goes into the image changed (Dockerfile, context files "
-        f"after .dockerignore, build args, platform and base images match {source.tag}); "
+        f"build skipped: nothing that goes into the image changed (Dockerfile, the context files "
+        f"it can read, build args, platform and base images match {source.tag}); "
         f"pointing the tags at {found.digest}. Set force-build: true to rebuild anyway"
     )
     return target.registry.get_manifest(name, found.digest), source

@@ -4,23 +4,21 @@ then booted: /health answers and the SSE route streams events."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import requests
 
-from tests.support.run import run_entrypoint
+from tests.support.run import EXAMPLE, example_build_args, publish
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from docker import DockerClient
 
     from tests.conftest import MakeRepository
     from tests.support.stack import Registry
     from tests.support.workspace import Workspace
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sse-streaming-lambda"
 
 
 def wait_for_health(base: str, container: object, timeout: float = 60) -> None:
@@ -45,26 +43,15 @@ def test_example_image_publishes_boots_and_streams(
     docker_client: DockerClient,
     tmp_path: Path,
 ) -> None:
-    shutil.copytree(EXAMPLE, workspace.path / "service", ignore=shutil.ignore_patterns("__pycache__"))
-    sha = workspace.commit("example service")
+    sha = workspace.add_tree(EXAMPLE, "service", "example service")
     repo = ecr_repository()
-    run = run_entrypoint(
-        [
-            "--env",
-            "preprod",
-            "--region",
-            "eu-west-2",
-            "--dockerfile",
-            "service/Dockerfile",
-            "--registry",
-            registry.host,
-            "--repository",
-            repo,
-            "--build-args",
-            f"BASE_IMAGE={python_base}\nADAPTER_IMAGE={adapter_image}",
-        ],
-        cwd=workspace.path,
-        tmp=tmp_path,
+    run = publish(
+        workspace.path,
+        registry.host,
+        tmp_path,
+        *example_build_args(python_base, adapter_image),
+        repository=repo,
+        dockerfile="service/Dockerfile",
     )
     assert run.code == 0, run.log
     digest = run.outputs["digest"]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support.run import run_entrypoint
+from tests.support.run import publish as publish_in
 from tests.support.stack import MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST, Registry
 
 if TYPE_CHECKING:
@@ -43,25 +43,7 @@ def publish(
     repo: str | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> Run:
-    repository = ["--repository", repo] if repo else []
-    return run_entrypoint(
-        [
-            "publish",
-            "--env",
-            env,
-            "--region",
-            REGION,
-            "--dockerfile",
-            "Dockerfile",
-            "--registry",
-            registry.host,
-            *repository,
-            *args,
-        ],
-        cwd=ws.path,
-        tmp=tmp,
-        env=extra_env,
-    )
+    return publish_in(ws.path, registry.host, tmp, *args, repository=repo, environment=env, env=extra_env)
 
 
 @pytest.fixture

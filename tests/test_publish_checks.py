@@ -4,15 +4,16 @@ job checks the built image and smoke-boots it before pushing anything."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support.run import run_entrypoint
+from tests.support.run import EXAMPLE, example_build_args
+from tests.support.run import publish as publish_in
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from docker import DockerClient
 
     from tests.conftest import MakeRepository
@@ -20,29 +21,11 @@ if TYPE_CHECKING:
     from tests.support.stack import Registry
     from tests.support.workspace import Workspace
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sse-streaming-lambda"
-
 
 def publish(
     ws: Workspace, registry: Registry, repo: str, tmp: Path, *args: str, dockerfile: str = "Dockerfile"
 ) -> Run:
-    return run_entrypoint(
-        [
-            "--env",
-            "preprod",
-            "--region",
-            "eu-west-2",
-            "--dockerfile",
-            dockerfile,
-            "--registry",
-            registry.host,
-            "--repository",
-            repo,
-            *args,
-        ],
-        cwd=ws.path,
-        tmp=tmp,
-    )
+    return publish_in(ws.path, registry.host, tmp, *args, repository=repo, dockerfile=dockerfile)
 
 
 def refused(run: Run, registry: Registry, repo: str) -> str:
@@ -104,13 +87,8 @@ def test_image_that_exits_at_start_fails_its_smoke_boot_with_its_log(
 
 @pytest.fixture
 def example(workspace: Workspace) -> Workspace:
-    shutil.copytree(EXAMPLE, workspace.path / "service", ignore=shutil.ignore_patterns("__pycache__"))
-    workspace.commit("example service")
+    workspace.add_tree(EXAMPLE, "service", "example service")
     return workspace
-
-
-def example_args(python_base: str, adapter_image: str) -> list[str]:
-    return ["--build-args", f"BASE_IMAGE={python_base}\nADAPTER_IMAGE={adapter_image}"]
 
 
 def test_example_passes_its_smoke_boot_and_invoke_mode_check(
@@ -127,7 +105,7 @@ def test_example_passes_its_smoke_boot_and_invoke_mode_check(
         registry,
         repo,
         tmp_path,
-        *example_args(python_base, adapter_image),
+        *example_build_args(python_base, adapter_image),
         "--smoke",
         "8080/health",
         "--invoke-mode",
@@ -157,7 +135,7 @@ def test_example_missing_a_runtime_dependency_fails_its_smoke_boot(
         registry,
         repo,
         tmp_path,
-        *example_args(python_base, adapter_image),
+        *example_build_args(python_base, adapter_image),
         "--smoke",
         "8080/health",
         dockerfile="service/Dockerfile",
@@ -181,7 +159,7 @@ def test_buffered_invoke_mode_is_refused_for_a_streaming_adapter_image(
         registry,
         repo,
         tmp_path,
-        *example_args(python_base, adapter_image),
+        *example_build_args(python_base, adapter_image),
         "--invoke-mode",
         "buffered",
         dockerfile="service/Dockerfile",

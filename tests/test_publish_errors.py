@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 
-from tests.support.run import run_entrypoint
+from tests.support.run import REGION, run_entrypoint
+from tests.support.run import publish as publish_in
 from tests.support.stack import MotoServer, Registry
 
 if TYPE_CHECKING:
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
     from tests.conftest import MakeRepository
     from tests.support.run import Run
     from tests.support.workspace import Workspace
-
-REGION = "eu-west-2"
 
 
 @pytest.fixture
@@ -45,25 +44,7 @@ def publish(
     env: dict[str, str] | None = None,
     on_runner: bool = True,
 ) -> Run:
-    return run_entrypoint(
-        [
-            "--env",
-            "preprod",
-            "--region",
-            REGION,
-            "--dockerfile",
-            "Dockerfile",
-            "--registry",
-            host,
-            "--repository",
-            repo,
-            *args,
-        ],
-        cwd=ws.path,
-        tmp=tmp,
-        env=env,
-        on_runner=on_runner,
-    )
+    return publish_in(ws.path, host, tmp, *args, repository=repo, env=env, on_runner=on_runner)
 
 
 def only_error(run: Run) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import docker.errors
 import pytest
 
-from tests.support.run import run_entrypoint
+from tests.support.run import publish as publish_in
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -66,23 +66,7 @@ def empty_engine(client: DockerClient, repo: str) -> None:
 
 
 def publish(ws: Workspace, registry: Registry, repo: str, tmp: Path, *args: str) -> Run:
-    run = run_entrypoint(
-        [
-            "--env",
-            "preprod",
-            "--region",
-            "eu-west-2",
-            "--dockerfile",
-            "Dockerfile",
-            "--registry",
-            registry.host,
-            "--repository",
-            repo,
-            *args,
-        ],
-        cwd=ws.path,
-        tmp=tmp,
-    )
+    run = publish_in(ws.path, registry.host, tmp, *args, repository=repo)
     assert run.code == 0, run.log
     return run
 
@@ -140,7 +124,8 @@ def test_changes_that_reach_the_image_rebuild(
     again = publish(service, registry, repo, tmp_path, *args)
     assert SKIPPED not in again.stdout
     assert "no image with this fingerprint yet: building" in again.stdout
-    if change.get("Dockerfile") or change.get("app/main.txt") or args:
+    # A comment in the Dockerfile rebuilds, but BuildKit may well produce the same image.
+    if change.get("app/main.txt") or args:
         assert again.outputs["digest"] != first.outputs["digest"]
 
 

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO_ROOT / "examples" / "sse-streaming-lambda"
+REGION = "eu-west-2"
 
 
 def read_github_file(path: Path) -> dict[str, str]:
@@ -97,3 +99,36 @@ def run_entrypoint(
         summary=summary.read_text(),
         seconds=time.monotonic() - started,
     )
+
+
+def publish(
+    workspace: Path,
+    registry: str,
+    tmp: Path,
+    *args: str,
+    repository: str | None = None,
+    environment: str = "preprod",
+    dockerfile: str = "Dockerfile",
+    env: Mapping[str, str] | None = None,
+    on_runner: bool = True,
+) -> Run:
+    """`python -m entrypoint publish` with the inputs every test gives; `args` come last and win."""
+    argv = [
+        "publish",
+        "--env",
+        environment,
+        "--region",
+        REGION,
+        "--dockerfile",
+        dockerfile,
+        "--registry",
+        registry,
+    ]
+    if repository:
+        argv += ["--repository", repository]
+    return run_entrypoint([*argv, *args], cwd=workspace, tmp=tmp, env=env, on_runner=on_runner)
+
+
+def example_build_args(python_base: str, adapter_image: str) -> list[str]:
+    """The example's public base images replaced by the locally made ones."""
+    return ["--build-args", f"BASE_IMAGE={python_base}\nADAPTER_IMAGE={adapter_image}"]

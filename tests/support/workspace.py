@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,11 @@ class Workspace:
         """Write ``files`` ({relpath: content}) and commit them; returns the HEAD SHA."""
         for relpath, content in files.items():
             self.write(relpath, content)
+        return self.commit(message)
+
+    def add_tree(self, source: Path, folder: str, message: str = "Add tree") -> str:
+        """Copy a folder of the repository (e.g. the example service) in and commit it."""
+        shutil.copytree(source, self.path / folder, ignore=shutil.ignore_patterns("__pycache__"))
         return self.commit(message)
 
     @property
