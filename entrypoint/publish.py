@@ -85,19 +85,7 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
         if support.needs_container_builder:
             builder = buildkit.ensure_container_builder(builder)
         built = _build(plan, target, builder)
-        with github.stage("check the image against Lambda's rules"):
-            facts = lambda_checks.facts_from_engine(engine.client, plan.local_image)
-            lambda_checks.require_lambda_compatible(facts, inputs.platform, inputs.invoke_mode)
-            github.info(f"  {facts.os}/{facts.architecture}, {facts.size / 1e6:.1f} MB, entrypoint ok")
-        if inputs.smoke is not None and not engine.runs(inputs.platform):
-            github.notice(
-                f"smoke boot skipped: this {engine.architecture} engine cannot run "
-                f"{inputs.platform} images without emulation (docker/setup-qemu-action)"
-            )
-        elif inputs.smoke is not None:
-            with github.stage(f"smoke boot ({inputs.smoke.describe()})"):
-                result = smoke.smoke_boot(engine.client, built.image_id, inputs.smoke, inputs.smoke_timeout)
-                github.info(f"  {result.detail} after {result.seconds:.1f} s")
+        _check(plan, engine, built.image_id)
         if target is None:
             github.notice(
                 f"push is false: built and checked {plan.local_image} ({built.image_id}); nothing was pushed"
@@ -116,11 +104,11 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
     assert plan.registry is not None
     with github.stage("move " + ", ".join(plan.moving_tags)):
         _move_tags(plan, target, manifest)
-    if source is not None:
-        # Recorded last, so only a complete publish can be reused by a later run.
-        _tag(target, source.tag, manifest)
     with github.stage("verify the registry"):
         _verify(plan, target, manifest.digest)
+        if source is not None:
+            # Recorded last, so only a complete, verified publish can be reused by a later run.
+            _tag(target, source.tag, manifest)
     return PublishResult(
         registry=plan.registry,
         repository=inputs.repository,
@@ -214,6 +202,26 @@ def _build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> buil
         if built.cached_steps:
             github.info(f"  from cache: {'; '.join(built.cached_steps)}")
         return built
+
+
+def _check(plan: Plan, engine: Engine, image_id: str) -> None:
+    """Lambda's rules on the built image, then its smoke boot: before anything is pushed."""
+    inputs = plan.inputs
+    with github.stage("check the image against Lambda's rules"):
+        facts = lambda_checks.facts_from_engine(engine.client, plan.local_image)
+        lambda_checks.require_lambda_compatible(facts, inputs.platform, inputs.invoke_mode)
+        github.info(f"  {facts.os}/{facts.architecture}, {facts.size / 1e6:.1f} MB, entrypoint ok")
+    if inputs.smoke is None:
+        return
+    if not engine.runs(inputs.platform):
+        github.notice(
+            f"smoke boot skipped: this {engine.architecture} engine cannot run "
+            f"{inputs.platform} images without emulation (docker/setup-qemu-action)"
+        )
+        return
+    with github.stage(f"smoke boot ({inputs.smoke.describe()})"):
+        result = smoke.smoke_boot(engine.client, image_id, inputs.smoke, inputs.smoke_timeout)
+        github.info(f"  {result.detail} after {result.seconds:.1f} s")
 
 
 def _tag(target: Target, tag: str, manifest: Manifest) -> None:
