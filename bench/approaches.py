@@ -1,0 +1,165 @@
+"""The two ways of publishing that are compared, each timed as one unit.
+
+* action: `python -m entrypoint publish ...` as a subprocess (its venv already exists).
+* plain: what a workflow without the action does: an ECR token (boto3, in this process, so
+  no interpreter start-up is counted against it), `docker login --password-stdin`,
+  `DOCKER_BUILDKIT=1 docker build`, `docker tag` to the environment and `latest`, and
+  `docker push` of the three tags.
+
+Both get the same environment: moto for the ECR API, a private, initially empty
+DOCKER_CONFIG per publish (so nothing is written to the user's Docker config), and the
+BuildKit-capable docker CLI first on PATH.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import boto3
+
+from tests.support.stack import REPO_ROOT, docker_cli
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from tests.support.workspace import Workspace
+
+ApproachName = Literal["action", "plain"]
+
+# One publish must not hang the benchmark; a full build with pip takes about a minute.
+PUBLISH_TIMEOUT = 1800.0
+
+
+class PublishFailed(RuntimeError):
+    """A publish exited non-zero; the message ends with the tail of its log."""
+
+
+@dataclass(frozen=True)
+class Target:
+    registry: str  # host:port
+    repository: str
+    env: str
+    region: str
+    build_args: tuple[tuple[str, str], ...]
+
+    def reference(self, tag: str) -> str:
+        return f"{self.registry}/{self.repository}:{tag}"
+
+
+@dataclass(frozen=True)
+class Published:
+    seconds: float
+    log: str
+    commit: str
+
+
+class Approach(Protocol):
+    @property
+    def name(self) -> ApproachName: ...
+
+    def publish(self, ws: Workspace, target: Target, docker_config: Path) -> Published: ...
+
+
+def _failed(what: str, code: int, log: str) -> PublishFailed:
+    tail = "\n".join(log.splitlines()[-40:])
+    return PublishFailed(f"{what} exited with code {code}; last lines of its log:\n{tail}")
+
+
+@dataclass(frozen=True)
+class Action:
+    env: Mapping[str, str]
+    source: Path = REPO_ROOT  # the folder holding the entrypoint package that is measured
+    name: ApproachName = "action"
+
+    def publish(self, ws: Workspace, target: Target, docker_config: Path) -> Published:
+        argv = [
+            sys.executable,
+            "-m",
+            "entrypoint",
+            "publish",
+            "--env",
+            target.env,
+            "--region",
+            target.region,
+            "--dockerfile",
+            "Dockerfile",
+            "--registry",
+            target.registry,
+            "--repository",
+            target.repository,
+            "--build-args",
+            "\n".join(f"{k}={v}" for k, v in target.build_args),
+        ]
+        env = {**self.env, "PYTHONPATH": str(self.source), "DOCKER_CONFIG": str(docker_config)}
+        started = time.monotonic()
+        done = subprocess.run(
+            argv,
+            cwd=ws.path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=PUBLISH_TIMEOUT,
+            check=False,
+        )
+        seconds = time.monotonic() - started
+        if done.returncode != 0:
+            raise _failed("python -m entrypoint publish", done.returncode, done.stdout)
+        return Published(seconds=seconds, log=done.stdout, commit=ws.head)
+
+
+@dataclass(frozen=True)
+class Plain:
+    env: Mapping[str, str]
+    aws_endpoint: str
+    name: ApproachName = "plain"
+
+    def publish(self, ws: Workspace, target: Target, docker_config: Path) -> Published:
+        commit = ws.head  # a workflow has it for free in ${{ github.sha }}
+        docker = docker_cli()
+        env = {**self.env, "DOCKER_BUILDKIT": "1", "DOCKER_CONFIG": str(docker_config)}
+        log: list[str] = []
+
+        def run(argv: list[str], stdin: str | None = None) -> None:
+            log.append("$ " + " ".join(argv))
+            began = time.monotonic()
+            done = subprocess.run(
+                argv,
+                cwd=ws.path,
+                env=env,
+                input=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=PUBLISH_TIMEOUT,
+                check=False,
+            )
+            log.append(f"{done.stdout}(took {time.monotonic() - began:.2f} s)\n")
+            if done.returncode != 0:
+                raise _failed(" ".join(argv[:2]), done.returncode, "\n".join(log))
+
+        started = time.monotonic()
+        ecr = boto3.client(
+            "ecr",
+            region_name=target.region,
+            endpoint_url=self.aws_endpoint,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+        token = ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]
+        user, _, password = base64.b64decode(token).decode().partition(":")
+        run([docker, "login", "--username", user, "--password-stdin", target.registry], stdin=password)
+        build_args = [a for k, v in target.build_args for a in ("--build-arg", f"{k}={v}")]
+        run([docker, "build", "--tag", target.reference(commit), *build_args, "."])
+        for tag in (target.env, "latest"):
+            run([docker, "tag", target.reference(commit), target.reference(tag)])
+        for tag in (commit, target.env, "latest"):
+            run([docker, "push", target.reference(tag)])
+        seconds = time.monotonic() - started
+        return Published(seconds=seconds, log="\n".join(log), commit=commit)

@@ -1,0 +1,272 @@
+"""Pure part of the benchmark: what a log says happened, medians, goals, and the markdown.
+
+No I/O here, so the table and the goal verdicts can be checked without running anything.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from bench.approaches import ApproachName
+    from bench.cases import Case
+
+# What happened to the `pip install` step: it ran, came from a cache, or no build ran at all.
+DependencyStep = Literal["ran", "cached", "no build"]
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+README_SECTION = "## Benchmark"
+RERUN_SENTENCE = (
+    "Rerun it with `bash bench/run.sh` (`--runs N` for N samples per case, default 3); it "
+    "rewrites `bench/results.md` and the block below."
+)
+
+_FROM_CACHE = re.compile(r"^\s*from cache: (.*)$", re.MULTILINE)
+_STEP_HEADER = re.compile(r"^#(\d+) \[[^\]]*\] RUN .*pip install", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Observation:
+    skipped: bool
+    dependencies: DependencyStep
+
+
+def observe_action(log: str) -> Observation:
+    """From the action's log: `build skipped`, and the steps it lists as `from cache: ...`."""
+    if "build skipped" in log:
+        return Observation(skipped=True, dependencies="no build")
+    cached = " ".join(_FROM_CACHE.findall(log))
+    return Observation(skipped=False, dependencies="cached" if "pip install" in cached else "ran")
+
+
+def observe_plain(log: str) -> Observation:
+    """From BuildKit's plain progress in `docker build`'s output: was the pip step CACHED?"""
+    header = _STEP_HEADER.search(log)
+    if header is None:
+        return Observation(skipped=False, dependencies="no build")
+    cached = re.search(rf"^#{header.group(1)} CACHED", log, re.MULTILINE)
+    return Observation(skipped=False, dependencies="cached" if cached else "ran")
+
+
+@dataclass(frozen=True)
+class Sample:
+    case: str
+    approach: ApproachName
+    run: int
+    seconds: float
+    observation: Observation
+    load: float  # 1-minute load average just before the sample
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: Case
+    action: tuple[Sample, ...]
+    plain: tuple[Sample, ...]
+
+    @property
+    def action_median(self) -> float:
+        return statistics.median(s.seconds for s in self.action)
+
+    @property
+    def plain_median(self) -> float:
+        return statistics.median(s.seconds for s in self.plain)
+
+    @property
+    def ratio(self) -> float:
+        """action / plain: below 1 the action is faster."""
+        return self.action_median / self.plain_median
+
+    def notes(self) -> str:
+        return "; ".join(
+            part for part in (_describe("action", self.action), _describe("plain", self.plain)) if part
+        )
+
+
+def _what_happened(sample: Sample) -> str:
+    if sample.observation.skipped:
+        return "build skipped"
+    return {
+        "cached": "dependency layer cached",
+        "ran": "pip install ran",
+        "no build": "no dependency step seen",
+    }[sample.observation.dependencies]
+
+
+def _describe(approach: str, samples: Sequence[Sample]) -> str:
+    n = len(samples)
+    counts: dict[str, int] = {}
+    for s in samples:
+        what = _what_happened(s)
+        counts[what] = counts.get(what, 0) + 1
+    return f"{approach}: " + ", ".join(f"{what} {k}/{n}" for what, k in counts.items())
+
+
+def group(cases: Sequence[Case], samples: Sequence[Sample]) -> list[CaseResult]:
+    results = []
+    for case in cases:
+        action = tuple(s for s in samples if s.case == case.key and s.approach == "action")
+        plain = tuple(s for s in samples if s.case == case.key and s.approach == "plain")
+        if action and plain:
+            results.append(CaseResult(case, action, plain))
+    return results
+
+
+@dataclass(frozen=True)
+class Goal:
+    text: str
+    verdict: Literal["PASS", "MISS", "not measured"]
+    measured: str
+
+
+def goals(results: Sequence[CaseResult]) -> list[Goal]:
+    by_key = {r.case.key: r for r in results}
+    out: list[Goal] = []
+
+    text = "no change: action under 3 s and at least 10x faster than plain"
+    r = by_key.get("no-change")
+    if r is None:
+        out.append(Goal(text, "not measured", ""))
+    else:
+        speedup = r.plain_median / r.action_median
+        ok = r.action_median < 3.0 and speedup >= 10.0
+        out.append(Goal(text, _verdict(ok), f"{r.action_median:.1f} s, {speedup:.1f}x faster"))
+
+    text = "code changed: action at least 2x faster than plain, dependency layer cached"
+    r = by_key.get("code")
+    if r is None:
+        out.append(Goal(text, "not measured", ""))
+    else:
+        speedup = r.plain_median / r.action_median
+        cached = sum(s.observation.dependencies == "cached" for s in r.action)
+        ok = speedup >= 2.0 and cached == len(r.action)
+        out.append(
+            Goal(text, _verdict(ok), f"{speedup:.1f}x faster, cached in {cached}/{len(r.action)} runs")
+        )
+
+    text = "clean: action no more than 10 % slower than plain"
+    r = by_key.get("clean")
+    if r is None:
+        out.append(Goal(text, "not measured", ""))
+    else:
+        slower = (r.ratio - 1.0) * 100.0
+        word = "slower" if slower >= 0 else "faster"
+        out.append(Goal(text, _verdict(r.ratio <= 1.10), f"{abs(slower):.0f} % {word}"))
+    return out
+
+
+def _verdict(ok: bool) -> Literal["PASS", "MISS"]:
+    return "PASS" if ok else "MISS"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
+    """A markdown table; ``align`` has one letter per column, l(eft) or r(ight)."""
+    rule = "|".join({"l": "---", "r": "--:"}[a] for a in align)
+    lines = ["| " + " | ".join(header) + " |", f"|{rule}|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(
+    results: Sequence[CaseResult],
+    samples: Sequence[Sample],
+    machine: Mapping[str, str],
+    runs: int,
+    wall_seconds: float,
+) -> str:
+    """The markdown block for bench/results.md and the README (no top-level heading)."""
+    summary = _table(
+        ("case", "action median s", "plain median s", "ratio action/plain", "notes"),
+        [
+            (r.case.title, f"{r.action_median:.1f}", f"{r.plain_median:.1f}", f"{r.ratio:.2f}", r.notes())
+            for r in results
+        ],
+        "lrrrl",
+    )
+    goal_table = _table(
+        ("goal", "result", "measured"),
+        [(g.text, f"**{g.verdict}**", g.measured) for g in goals(results)],
+        "lll",
+    )
+    titles = {r.case.key: r.case.title for r in results}
+    order = list(titles)
+    sample_table = _table(
+        ("case", "approach", "run", "seconds", "load before", "what happened"),
+        [
+            (
+                titles.get(s.case, s.case),
+                s.approach,
+                str(s.run),
+                f"{s.seconds:.2f}",
+                f"{s.load:.2f}",
+                _what_happened(s),
+            )
+            for s in sorted(
+                samples,
+                key=lambda s: (order.index(s.case) if s.case in order else len(order), s.approach, s.run),
+            )
+        ],
+        "llrrrl",
+    )
+    cases = "\n".join(f"- **{r.case.title}**: {r.case.what}." for r in results)
+    machine_lines = "\n".join(f"- {k}: {v}" for k, v in machine.items())
+    minutes, seconds = divmod(round(wall_seconds), 60)
+    return f"""Measured {machine.get("date", "")}: median of {runs} run(s) per case and approach, \
+each on a freshly emptied Docker engine (our images and all build cache removed, base images \
+kept), as on a new GitHub runner. The whole benchmark, untimed setups included, took \
+{minutes} min {seconds:02d} s.
+
+{summary}
+
+{goal_table}
+
+What is compared, on the example SSE Lambda (`examples/sse-streaming-lambda`, FastAPI and \
+uvicorn installed by pip) in a temporary git repository:
+
+- **action**: `python -m entrypoint publish` (its venv exists already); it builds with \
+`--cache-from` the environment's previous image, and skips the build when an image from the \
+same sources is in the repository.
+- **plain**: an ECR token from boto3, `docker login --password-stdin`, `DOCKER_BUILDKIT=1 \
+docker build`, `docker tag` to the environment and `latest`, `docker push` of the three tags.
+
+{cases}
+
+Each approach publishes to its own repository in each case, on its own freshly started \
+registry (so no `docker push` mounts layers across repositories, which ECR does not do by \
+default), and each "previous publish" is made by the same approach, untimed.
+
+Samples:
+
+{sample_table}
+
+Machine:
+
+{machine_lines}
+"""
+
+
+def results_file(block: str) -> str:
+    return (
+        "# Benchmark results (issue 3)\n\n"
+        "Written by `bash bench/run.sh` (`--runs N` for N samples per case, default 3), which "
+        "also copies it into the Benchmark section of README.md.\n\n"
+        f"{block}"
+    )
+
+
+def replace_readme_block(readme: str, block: str) -> str:
+    """README with the text between the bench markers replaced by ``block``.
+
+    Without the markers, a `## Benchmark` section holding them is added at the end.
+    """
+    wrapped = f"{README_START}\n{block.strip()}\n{README_END}"
+    start, end = readme.find(README_START), readme.find(README_END)
+    if start != -1 and end > start:
+        return readme[:start] + wrapped + readme[end + len(README_END) :]
+    return readme.rstrip("\n") + f"\n\n{README_SECTION}\n\n{RERUN_SENTENCE}\n\n{wrapped}\n"

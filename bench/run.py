@@ -1,0 +1,339 @@
+"""`python -m bench [--runs N] [--cases KEYS]`: the action against plain docker, side by side.
+
+For each run, case and approach (the order of the two approaches alternates between runs):
+
+1. a new git copy of the example, a new ECR repository in moto and a new registry;
+2. untimed, when the case needs it: the previous publish, made by the same approach;
+3. the case's commit (none for clean; empty; code edit; requirements edit);
+4. the engine emptied (our images and all build cache; base images stay);
+5. the timed publish, then a check that the commit, environment and latest tags all name one
+   manifest in the registry.
+
+Every publish's log goes to bench/logs/<UTC time>/. A run of all cases writes
+bench/results.md and the README's benchmark block; a run of some cases writes its results
+next to its logs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import boto3
+import docker
+import requests
+from docker.errors import DockerException
+
+from bench.approaches import Action, Plain, PublishFailed, Target
+from bench.cases import CASE_KEYS, CASES, Case, example_workspace
+from bench.engine import empty_engine, engine_answers, engine_pid, wait_for_engine
+from bench.report import (
+    Sample,
+    goals,
+    group,
+    observe_action,
+    observe_plain,
+    render,
+    replace_readme_block,
+    results_file,
+)
+from tests.support.stack import (
+    REPO_ROOT,
+    STACK_DIR,
+    MotoServer,
+    Registry,
+    docker_cli,
+    ensure_adapter_standin,
+    ensure_python_base,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from docker import DockerClient
+    from mypy_boto3_ecr import ECRClient
+
+    from bench.approaches import Approach, Published
+    from tests.support.workspace import Workspace
+
+BENCH_DIR = Path(__file__).resolve().parent
+README = BENCH_DIR.parent / "README.md"
+RESULTS = BENCH_DIR / "results.md"
+ENV = "preprod"
+REGION = "eu-west-2"
+# A sample is redone when the engine restarted under it: dockerd 20.10 can panic when build
+# cache is pruned while another process's build imports registry cache (seen on this
+# shared engine), and something (scripts/stack.sh) then starts it again.
+ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Context:
+    client: DockerClient
+    ecr: ECRClient
+    prefix: str  # every repository (and so every local image) of this run starts with it
+    tmp: Path
+    logs: Path
+    build_args: tuple[tuple[str, str], ...]
+    example: Path
+    redone: list[str] = field(default_factory=list)  # samples redone after an engine restart
+
+
+def _say(message: str) -> None:
+    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", flush=True)
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="samples per case and approach (median)")
+    parser.add_argument(
+        "--cases",
+        default=",".join(CASE_KEYS),
+        help=f"comma-separated subset of {', '.join(CASE_KEYS)} (default: all)",
+    )
+    parser.add_argument(
+        "--ref",
+        default=None,
+        help="measure the action and the example as committed at this git revision "
+        "(e.g. HEAD) instead of the working tree, which others may be editing",
+    )
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    unknown = set(args.cases.split(",")) - set(CASE_KEYS)
+    if unknown:
+        parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def _subprocess_env(moto_endpoint: str, tmp: Path) -> dict[str, str]:
+    """This environment without runner or AWS variables, pointed at moto."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_", "AWS_"))}
+    absent = str(tmp / "no-aws-config")
+    env |= {
+        "PATH": f"{STACK_DIR / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "AWS_CONFIG_FILE": absent,
+        "AWS_SHARED_CREDENTIALS_FILE": absent,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    return env
+
+
+def _check_tags(registry: Registry, target: Target, commit: str) -> None:
+    digests = {tag: registry.manifest(target.repository, tag)[0] for tag in (commit, target.env, "latest")}
+    if len(set(digests.values())) != 1:
+        raise RuntimeError(f"{target.repository}: the tags do not name one manifest: {digests}")
+
+
+def _publish(ctx: Context, approach: Approach, ws: Workspace, target: Target, phase: str) -> Published:
+    docker_config = ws.path.parent / f"{ws.path.name}.docker-{phase}"  # empty: nobody logged in yet
+    docker_config.mkdir()
+    published = approach.publish(ws, target, docker_config)
+    (ctx.logs / f"{target.repository.removeprefix(ctx.prefix)}-{phase}.log").write_text(published.log)
+    return published
+
+
+def measure(ctx: Context, case: Case, approach: Approach, run: int) -> Sample:
+    """One sample; redone from scratch when the shared engine restarted under it."""
+    for attempt in range(1, ATTEMPTS + 1):
+        pid = engine_pid()
+        try:
+            return _measure_once(ctx, case, approach, run, attempt)
+        except (PublishFailed, DockerException, requests.RequestException) as exc:
+            if attempt == ATTEMPTS or (engine_answers(ctx.client) and engine_pid() == pid):
+                raise
+            _say(
+                f"the Docker engine stopped or restarted during {case.key} {approach.name} run {run} "
+                f"({type(exc).__name__}); waiting for it, then redoing the sample"
+            )
+            wait_for_engine(ctx.client)
+            ctx.redone.append(f"{case.title} / {approach.name} / run {run}")
+    raise AssertionError("unreachable")
+
+
+def _measure_once(ctx: Context, case: Case, approach: Approach, run: int, attempt: int) -> Sample:
+    name = f"{ctx.prefix}{case.key}-{approach.name}-{run}" + (f"-retry{attempt - 1}" if attempt > 1 else "")
+    ws = example_workspace(ctx.tmp / name, ctx.example)
+    ctx.ecr.create_repository(repositoryName=name)
+    with Registry() as registry:
+        target = Target(registry.host, name, ENV, REGION, ctx.build_args)
+        if case.previous:
+            previous = _publish(ctx, approach, ws, target, "setup")
+            _check_tags(registry, target, previous.commit)
+            _say(f"  {case.key:<9} {approach.name:<6} run {run}: previous publish {previous.seconds:.1f} s")
+        if case.change is not None:
+            case.change(ws, name)
+        empty_engine(ctx.client, ctx.prefix)
+        load = os.getloadavg()[0]
+        published = _publish(ctx, approach, ws, target, "measured")
+        _check_tags(registry, target, published.commit)
+    observe = observe_action if approach.name == "action" else observe_plain
+    sample = Sample(case.key, approach.name, run, published.seconds, observe(published.log), load)
+    _say(f"{case.key:<9} {approach.name:<6} run {run}: {sample.seconds:.2f} s ({_short(sample)})")
+    return sample
+
+
+def _short(sample: Sample) -> str:
+    if sample.observation.skipped:
+        return "build skipped"
+    return f"pip step {sample.observation.dependencies}"
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else ""
+
+
+def machine_info(client: DockerClient) -> dict[str, str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    docker = docker_cli()
+    server = client.version()
+    buildx = _first_line([docker, "buildx", "version"])
+    front_end = f"docker buildx build ({buildx})" if buildx else "DOCKER_BUILDKIT=1 docker build"
+    return {
+        "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "CPUs (nproc)": str(len(os.sched_getaffinity(0))),
+        "CPU": cpu,
+        "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
+        "OS": f"{_os_name()}, kernel {platform.release()}",
+        "Docker": f"CLI {_first_line([docker, 'version', '--format', '{{.Client.Version}}'])}, "
+        f"engine {server.get('Version', '?')} (API {server.get('ApiVersion', '?')})",
+        "BuildKit front end": front_end,
+        "Python": platform.python_version(),
+    }
+
+
+def _os_name() -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip('"')
+    return platform.system()
+
+
+_MEASURED = ("entrypoint", "examples/sse-streaming-lambda")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def measured_sources(ref: str | None, into: Path) -> tuple[Path, str]:
+    """(folder holding entrypoint/ and examples/, what it is): the working tree, or ``ref``."""
+    if ref is None:
+        dirty = _git("status", "--porcelain", "--", *_MEASURED)
+        note = " with uncommitted changes in entrypoint/ or the example" if dirty else ""
+        return REPO_ROOT, f"working tree at {_git('rev-parse', '--short', 'HEAD')}{note}"
+    commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", commit, *_MEASURED],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into, f"commit {commit[:12]} ({ref})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _arguments(argv)
+    cases = [c for c in CASES if c.key in args.cases.split(",")]
+    started = time.monotonic()
+    stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    logs = BENCH_DIR / "logs" / stamp
+    logs.mkdir(parents=True)
+    client = docker.from_env(timeout=600)
+    client.ping()
+    build_args = (
+        ("BASE_IMAGE", ensure_python_base(client)),
+        ("ADAPTER_IMAGE", ensure_adapter_standin(client)),
+    )
+    machine = machine_info(client)
+    load_start = os.getloadavg()[0]
+    prefix = f"bench{secrets.token_hex(3)}-"
+    samples: list[Sample] = []
+    _say(f"{len(cases)} case(s) x 2 approaches x {args.runs} run(s); logs in {logs}")
+    try:
+        with MotoServer() as moto, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            env = _subprocess_env(moto.endpoint, Path(tmp))
+            ecr = boto3.client(
+                "ecr",
+                region_name=REGION,
+                endpoint_url=moto.endpoint,
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
+            )
+            source, source_note = measured_sources(args.ref, Path(tmp) / "measured-sources")
+            machine["action and example measured"] = source_note
+            _say(f"measuring the action and the example from the {source_note}")
+            example = source / "examples" / "sse-streaming-lambda"
+            ctx = Context(client, ecr, prefix, Path(tmp), logs, build_args, example)
+            action = Action(env, source)
+            approaches: tuple[Approach, ...] = (action, Plain(env, moto.endpoint))
+            for run in range(1, args.runs + 1):
+                # Alternate which approach goes first, so drift over time hits both alike.
+                order = approaches if run % 2 else approaches[::-1]
+                for case in cases:
+                    for approach in order:
+                        samples.append(measure(ctx, case, approach, run))
+    finally:
+        try:
+            empty_engine(client, prefix, prune_cache=False)
+        except (DockerException, requests.RequestException, RuntimeError) as exc:
+            _say(f"could not remove this run's images ({exc}); they are named {prefix}*")
+    wall = time.monotonic() - started
+    machine["load average (1 min)"] = f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+    if ctx.redone:
+        machine["samples redone after the engine restarted"] = "; ".join(ctx.redone)
+
+    (logs / "samples.json").write_text(json.dumps([asdict(s) for s in samples], indent=2) + "\n")
+    results = group(cases, samples)
+    block = render(results, samples, machine, args.runs, wall)
+    print("\n" + block, flush=True)
+    for goal in goals(results):
+        print(f"{goal.verdict}: {goal.text} ({goal.measured})", flush=True)
+    if len(cases) == len(CASES):
+        RESULTS.write_text(results_file(block))
+        README.write_text(replace_readme_block(README.read_text(), block))
+        _say(f"wrote {RESULTS} and the benchmark block of {README}")
+    else:
+        (logs / "results.md").write_text(results_file(block))
+        _say(f"some cases only: wrote {logs / 'results.md'} (README and bench/results.md untouched)")
+    _say(f"benchmark wall time {wall / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
