@@ -39,6 +39,15 @@ def test_action_declares_every_input_the_entrypoint_reads() -> None:
     assert set(spec["outputs"]) == {"image-uri", "digest", "tags", "registry", "repository"}
 
 
+def test_gha_cache_mode_exposes_the_runtime_token_only_when_asked() -> None:
+    spec = yaml.safe_load((ROOT / "action.yml").read_text())
+    [step] = [s for s in spec["runs"]["steps"] if "uses" in s]
+    assert step["if"] == "inputs.cache == 'gha'"
+    assert step["uses"].startswith("actions/github-script@")
+    for name in ("ACTIONS_RUNTIME_TOKEN", "ACTIONS_CACHE_URL", "ACTIONS_RESULTS_URL"):
+        assert name in step["with"]["script"]
+
+
 def test_action_publishes_and_its_outputs_reach_the_job(
     workspace: Workspace,
     busybox_base: str,

@@ -186,3 +186,25 @@ def test_inline_cache_metadata_travels_with_the_image(
     manifest = registry.manifest(repo, run.outputs["digest"])[2]
     config = json.loads(registry.blob(repo, manifest["config"]["digest"]))
     assert "moby.buildkit.cache.v0" in config
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [("registry", []), ("gha", []), ("local", ["--cache-dir", "cache"])],
+)
+def test_cache_modes_this_builder_cannot_run_fail_before_building(
+    service: Workspace,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    tmp_path: Path,
+    mode: str,
+    extra: list[str],
+) -> None:
+    # This machine's BuildKit front end is plain `docker build` (no buildx on Debian 12).
+    repo = ecr_repository()
+    run = publish_in(service.path, registry.host, tmp_path, "--cache", mode, *extra, repository=repo)
+    assert run.code == 1, run.log
+    [line] = run.error_lines()
+    assert f"cache mode '{mode}' needs" in line and "install buildx" in line
+    assert "▶ build" not in run.stdout and "▶ log in" not in run.stdout
+    assert registry.tags(repo) == []
