@@ -5,8 +5,9 @@
 #   - moto's AWS API on 127.0.0.1:5001 (ECR), holding the repository Terraform would create,
 #   - local base images standing in for the public Python and Lambda Web Adapter images,
 #     which cannot be pulled here.
-# Everything is installed and started on first use; rerunning republishes (and the tags
-# then point at the same or a new digest). `scripts/demo.sh down` stops the registry and moto.
+# Everything is installed and started on first use. Before pushing, the image is checked
+# against Lambda's rules and booted (/health must answer). Rerunning with unchanged sources
+# skips the build and points the new commit's tags at the image already published. `scripts/demo.sh down` stops the registry and moto.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -90,5 +91,7 @@ python -m entrypoint publish \
   --region eu-west-2 \
   --dockerfile examples/sse-streaming-lambda/Dockerfile \
   --registry "127.0.0.1:$REGISTRY_PORT" \
+  --smoke 8080/health \
+  --invoke-mode response-stream \
   --build-args "BASE_IMAGE=$BASE
 ADAPTER_IMAGE=$ADAPTER"
