@@ -141,6 +141,21 @@ def _http_ready(url: str, statuses: tuple[int, ...]) -> Callable[[], bool]:
 # --------------------------------------------------------------------------- registry
 
 
+def _launch(argv: list[str], log_path: Path, ready: Callable[[], bool], what: str) -> subprocess.Popen[bytes]:
+    """Start a server in its own session, logging to `log_path`, and wait until it is ready;
+    a server that never gets ready is stopped before the error is raised."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_until(ready, what=what, proc=proc, log=log_path)
+    except BaseException:
+        _stop_process(proc)
+        raise
+    return proc
+
+
 class RegistryError(RuntimeError):
     """An unexpected answer from the registry's HTTP API."""
 
@@ -244,20 +259,12 @@ class Registry:
         config_path = self._tmp / "config.yml"
         # JSON is YAML, and the registry reads YAML.
         config_path.write_text(json.dumps(self._config(htpasswd), indent=2))
-        with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(
-                [binary, "serve", str(config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         try:
-            _wait_until(
+            self._proc = _launch(
+                [binary, "serve", str(config_path)],
+                self.log_path,
                 _http_ready(f"{self.url}/v2/", (200, 401)),
-                what=f"registry on {self.host}",
-                proc=self._proc,
-                log=self.log_path,
+                f"registry on {self.host}",
             )
         except BaseException:
             self.stop()
@@ -411,20 +418,12 @@ class MotoServer:
         if self._proc is not None:
             return self
         self._tmp = Path(tempfile.mkdtemp(prefix="moto-"))
-        with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(
-                [self.binary(), "-H", "127.0.0.1", "-p", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         try:
-            _wait_until(
+            self._proc = _launch(
+                [self.binary(), "-H", "127.0.0.1", "-p", str(self.port)],
+                self.log_path,
                 _http_ready(f"{self.endpoint}/moto-api/", (200,)),
-                what=f"moto_server on port {self.port}",
-                proc=self._proc,
-                log=self.log_path,
+                f"moto_server on port {self.port}",
             )
         except BaseException:
             self.stop()
