@@ -23,25 +23,25 @@ def _parser() -> argparse.ArgumentParser:
         "Each flag stands in for the action input of the same name (INPUT_<NAME>).",
     )
     commands = parser.add_subparsers(dest="command")
-    pub = commands.add_parser("publish", help="build, push and tag the image (the default)")
-    for name in PUBLISH_INPUTS:
-        pub.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE")
-    pub.add_argument(
-        "--workspace",
-        default=None,
-        help="folder paths are relative to (default: GITHUB_WORKSPACE, else the current folder)",
+    _add_inputs(
+        commands.add_parser("publish", help="build, push and tag the image (the default)"),
+        PUBLISH_INPUTS,
+        "folder paths are relative to",
     )
-    ver = commands.add_parser(
-        "verify", help="check the images a Terraform plan deploys to Lambda, before the apply"
-    )
-    for name in VERIFY_INPUTS:
-        ver.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE")
-    ver.add_argument(
-        "--workspace",
-        default=None,
-        help="the plan path is relative to (default: GITHUB_WORKSPACE, else the current folder)",
+    _add_inputs(
+        commands.add_parser("verify", help="check the images a Terraform plan deploys to Lambda"),
+        VERIFY_INPUTS,
+        "the plan path is relative to",
     )
     return parser
+
+
+def _add_inputs(command: argparse.ArgumentParser, names: tuple[str, ...], relative: str) -> None:
+    for name in names:
+        command.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE")
+    command.add_argument(
+        "--workspace", default=None, help=f"{relative} (default: GITHUB_WORKSPACE, else the current folder)"
+    )
 
 
 def _workspace(flag: str | None) -> Path:
