@@ -284,7 +284,7 @@ def _push_commit_tag(engine: Engine, plan: Plan, target: Target, image_id: str) 
     # digest proves the image is complete before any moving tag points at it.
     manifest = target.registry.get_manifest(name, pushed)
     if manifest.is_index:
-        manifest = _single_manifest(plan, target, manifest)
+        manifest = reduce_to_image_manifest(plan, target, manifest)
     # What Lambda will read is the pushed manifest, which the engine-side checks cannot see.
     pushed_facts = lambda_checks.facts_from_registry(
         target.registry, name, manifest.digest, platform=plan.inputs.platform, find_adapter=False
@@ -294,7 +294,7 @@ def _push_commit_tag(engine: Engine, plan: Plan, target: Target, image_id: str) 
     return manifest
 
 
-def _single_manifest(plan: Plan, target: Target, index: Manifest) -> Manifest:
+def reduce_to_image_manifest(plan: Plan, target: Target, index: Manifest) -> Manifest:
     """Engines with the containerd image store push an index; Lambda wants the image itself."""
     os_, arch = plan.inputs.platform.split("/")
     for entry in index.json().get("manifests", []):

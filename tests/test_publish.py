@@ -9,8 +9,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from entrypoint.ecr import RegistryLogin, Repository
+from entrypoint.errors import PushRejectedError
+from entrypoint.inputs import parse_publish
+from entrypoint.plan import Plan
+from entrypoint.publish import Target, reduce_to_image_manifest
+from entrypoint.registry import RegistryClient, Transport
+from tests.support.oci import push_index_with_attestation
+from tests.support.run import REGION
 from tests.support.run import publish as publish_in
-from tests.support.stack import MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST, Registry
+from tests.support.stack import ECR_PASSWORD, ECR_USER, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST, Registry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -19,8 +27,6 @@ if TYPE_CHECKING:
     from tests.conftest import MakeRepository
     from tests.support.run import Run
     from tests.support.workspace import Workspace
-
-REGION = "eu-west-2"
 
 
 def dockerfile(base: str, extra: str = "") -> str:
@@ -205,3 +211,48 @@ def test_immutable_repository_reruns_but_refuses_to_move_tags(
     # Refused before any push: no new commit tag, nothing moved.
     assert second_sha not in registry.tags(repo)
     assert digest_of(registry, repo, "latest") == first.outputs["digest"]
+
+
+def test_an_index_the_engine_pushed_is_reduced_to_its_image_manifest(
+    workspace: Workspace, registry: Registry, tmp_path: Path
+) -> None:
+    """Engines with the containerd image store push an index (here with a provenance
+    attestation, as buildx adds by default); the commit tag must end up on the image itself."""
+    commit = workspace.head
+    repo = f"index/{commit[:8]}"
+    pushed = push_index_with_attestation(registry, repo, tag=commit)
+    workspace.commit_files({"Dockerfile": "FROM scratch\n"})
+    inputs = parse_publish(
+        {"env": "preprod", "region": REGION, "dockerfile": "Dockerfile", "repository": repo}, workspace.path
+    )
+    plan = Plan(inputs=inputs, commit=commit, registry=registry.host)
+    client = RegistryClient(Transport(registry.host, ECR_USER, ECR_PASSWORD))
+    target = Target(
+        login=RegistryLogin(ECR_USER, ECR_PASSWORD, registry.host),
+        registry=client,
+        repository=Repository(repo, f"{registry.host}/{repo}", "123456789012", "MUTABLE"),
+        current={},
+    )
+
+    image = reduce_to_image_manifest(plan, target, client.get_manifest(repo, pushed.index_digest))
+
+    assert image.digest == pushed.image_digest
+    digest, media_type, _ = registry.manifest(repo, commit)
+    assert (digest, media_type) == (pushed.image_digest, MEDIA_OCI_MANIFEST)
+
+    arm = parse_publish(
+        {
+            "env": "preprod",
+            "region": REGION,
+            "dockerfile": "Dockerfile",
+            "repository": repo,
+            "platform": "linux/arm64",
+        },
+        workspace.path,
+    )
+    with pytest.raises(PushRejectedError, match="index without a linux/arm64 image manifest"):
+        reduce_to_image_manifest(
+            Plan(inputs=arm, commit=commit, registry=registry.host),
+            target,
+            client.get_manifest(repo, pushed.index_digest),
+        )

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +17,9 @@ from entrypoint.inputs import read_raw
 from entrypoint.verify import VERIFY_INPUTS, images_in_plan, parse_image_uri, parse_verify
 from tests.lambda_images import Images
 from tests.support.composite import run_composite, runner_environment
+from tests.support.oci import push_index_with_attestation
 from tests.support.run import Run, run_entrypoint
-from tests.support.stack import MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, STACK_DIR, free_port
+from tests.support.stack import STACK_DIR, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -312,97 +310,14 @@ def test_tag_only_image_uri_explains_why_it_does_not_redeploy(
     assert "pinned by digest" in error
 
 
-def _oci_layer(files: dict[str, bytes]) -> tuple[bytes, str]:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0), "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
-
-
 def test_index_with_an_attestation_is_refused(
     registry: Registry, aws_env: dict[str, str], tmp_path: Path
 ) -> None:
     """What `docker buildx build --push` makes by default: an index holding the image and
     a provenance attestation manifest."""
     repo = "verify/index"
-    layer, diff_id = _oci_layer({"app/main.sh": b"#!/bin/sh\necho hi\n"})
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["/app/main.sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MEDIA_OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": registry.put_blob(repo, config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": registry.put_blob(repo, layer),
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
-    image_digest = registry.put_manifest(repo, "image", manifest, MEDIA_OCI_MANIFEST)
-    statement = b'{"_type": "https://in-toto.io/Statement/v0.1"}'
-    empty_config = b"{}"
-    attestation = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MEDIA_OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": registry.put_blob(repo, empty_config),
-                "size": len(empty_config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.in-toto+json",
-                    "digest": registry.put_blob(repo, statement),
-                    "size": len(statement),
-                    "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"},
-                }
-            ],
-        }
-    ).encode()
-    attestation_digest = registry.put_manifest(repo, "attestation", attestation, MEDIA_OCI_MANIFEST)
-    index = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MEDIA_OCI_INDEX,
-            "manifests": [
-                {
-                    "mediaType": MEDIA_OCI_MANIFEST,
-                    "digest": image_digest,
-                    "size": len(manifest),
-                    "platform": {"architecture": "amd64", "os": "linux"},
-                },
-                {
-                    "mediaType": MEDIA_OCI_MANIFEST,
-                    "digest": attestation_digest,
-                    "size": len(attestation),
-                    "platform": {"architecture": "unknown", "os": "unknown"},
-                    "annotations": {
-                        "vnd.docker.reference.type": "attestation-manifest",
-                        "vnd.docker.reference.digest": image_digest,
-                    },
-                },
-            ],
-        }
-    ).encode()
-    index_digest = registry.put_manifest(repo, "latest", index, MEDIA_OCI_INDEX)
+    pushed = push_index_with_attestation(registry, repo)
+    index_digest, image_digest = pushed.index_digest, pushed.image_digest
 
     run = verify(
         tmp_path,

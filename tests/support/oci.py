@@ -1,0 +1,115 @@
+"""OCI content made by hand and pushed through the registry API: what `docker buildx build
+--push` produces by default (an index with a provenance attestation), for the tests of the
+paths that must turn it away or reduce it to one image manifest."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tests.support.stack import MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST
+
+if TYPE_CHECKING:
+    from tests.support.stack import Registry
+
+
+@dataclass(frozen=True)
+class PushedIndex:
+    index_digest: str
+    image_digest: str
+    attestation_digest: str
+
+
+def oci_layer(files: dict[str, bytes]) -> tuple[bytes, str]:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0), "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+
+
+def push_index_with_attestation(registry: Registry, repo: str, tag: str = "latest") -> PushedIndex:
+    """A linux/amd64 image and its provenance attestation, in an OCI index tagged `tag`."""
+    layer, diff_id = oci_layer({"app/main.sh": b"#!/bin/sh\necho hi\n"})
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/app/main.sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": registry.put_blob(repo, config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": registry.put_blob(repo, layer),
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+    image_digest = registry.put_manifest(repo, "image", manifest, MEDIA_OCI_MANIFEST)
+    statement = b'{"_type": "https://in-toto.io/Statement/v0.1"}'
+    empty_config = b"{}"
+    attestation = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": registry.put_blob(repo, empty_config),
+                "size": len(empty_config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.in-toto+json",
+                    "digest": registry.put_blob(repo, statement),
+                    "size": len(statement),
+                    "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"},
+                }
+            ],
+        }
+    ).encode()
+    attestation_digest = registry.put_manifest(repo, "attestation", attestation, MEDIA_OCI_MANIFEST)
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": MEDIA_OCI_MANIFEST,
+                    "digest": image_digest,
+                    "size": len(manifest),
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                },
+                {
+                    "mediaType": MEDIA_OCI_MANIFEST,
+                    "digest": attestation_digest,
+                    "size": len(attestation),
+                    "platform": {"architecture": "unknown", "os": "unknown"},
+                    "annotations": {
+                        "vnd.docker.reference.type": "attestation-manifest",
+                        "vnd.docker.reference.digest": image_digest,
+                    },
+                },
+            ],
+        }
+    ).encode()
+    index_digest = registry.put_manifest(repo, tag, index, MEDIA_OCI_INDEX)
+    return PushedIndex(index_digest, image_digest, attestation_digest)
