@@ -568,6 +568,15 @@ def _platform_args(platform: str) -> dict[str, str | None]:
     }
 
 
+def _arg_words(rest: str) -> list[tuple[str, str, str]]:
+    """`ARG A=1 B` as (name, "=" or "", default) per word, quotes resolved as the shell would."""
+    try:
+        words = shlex.split(rest, comments=False, posix=True)
+    except ValueError:
+        words = rest.split()
+    return [word.partition("=") for word in words]
+
+
 def _declare(
     rest: str,
     scope: dict[str, str | None],
@@ -576,12 +585,7 @@ def _declare(
 ) -> None:
     """`ARG A=1 B`: a build arg beats the default, a default may use earlier ARGs, and an ARG
     without either takes the global value (inside a stage) or stays unset."""
-    try:
-        words = shlex.split(rest, comments=False, posix=True)
-    except ValueError:
-        words = rest.split()
-    for word in words:
-        name, has_default, default = word.partition("=")
+    for name, has_default, default in _arg_words(rest):
         if name in build_args:
             scope[name] = build_args[name]
         elif has_default:
@@ -807,12 +811,7 @@ def _declare_in_stage(
 ) -> None:
     """`ARG` inside a stage, into `args`: as `_declare`, with defaults expanded strictly
     against the stage's ENVs and ARGs."""
-    try:
-        words = shlex.split(rest, comments=False, posix=True)
-    except ValueError:
-        words = rest.split()
-    for word in words:
-        name, has_default, default = word.partition("=")
+    for name, has_default, default in _arg_words(rest):
         if name in build_args:
             args[name] = build_args[name]
         elif has_default:
