@@ -8,17 +8,18 @@ one bounded retry policy; `RegistryClient` names the operations. A failure becom
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 import requests
 
 from entrypoint.errors import PushRejectedError, RegistryError
+from entrypoint.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE, hostname, is_ecr, is_loopback
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -64,14 +65,36 @@ class Manifest:
 
 def scheme_for(host: str) -> str:
     """Plain HTTP only for loopback registries, as the Docker engine itself allows."""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.strip("[]")
-    if name == "localhost":
-        return "http"
-    try:
-        return "http" if ipaddress.ip_address(name).is_loopback else "https"
-    except ValueError:
-        return "https"
+    return "http" if is_loopback(host) else "https"
+
+
+@dataclass(frozen=True)
+class CredentialScope:
+    """Where the ECR login may be sent: the registry the login names, Amazon ECR registry
+    hosts, and hosts the workflow author typed into an input. A host that only a plan, an
+    image URI or a registry answer names gets nothing: a pull request that changes a
+    Terraform image_uri must not receive the deploy role's registry token."""
+
+    login_registry: str
+    named: tuple[tuple[str, str], ...] = ()  # (host, the input that named it)
+
+    def allows(self, host: str) -> bool:
+        host = host.lower()
+        return (
+            host == self.login_registry.lower()
+            or is_ecr(host)
+            or any(host == named.lower() for named, _ in self.named)
+        )
+
+    def require(self, host: str, where: str, input_name: str = "registry") -> None:
+        if not self.allows(host):
+            raise RegistryError(
+                f"refused to send the ECR login to {host}, which {where} names: it is neither "
+                f"the ECR registry the login is for ({self.login_registry}), an ECR registry "
+                "host, nor a host given in an input",
+                f"if {host} is your registry (a proxy or mirror of ECR), set the '{input_name}' "
+                "input to it; otherwise fix the image URI",
+            )
 
 
 class _Temporary(Exception):
@@ -85,9 +108,13 @@ class Transport:
         username: str,
         password: str,
         *,
+        scope: CredentialScope,
+        where: str = "the 'registry' input",
         budget_s: float = RETRY_BUDGET_S,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        # Refused here, before any request: the credentials never leave for a host out of scope.
+        scope.require(host, where)
         self.host = host
         self.base = f"{scheme_for(host)}://{host}"
         self._auth = (username, password)
@@ -131,6 +158,9 @@ class Transport:
                 headers=headers,
                 auth=auth,
                 timeout=REQUEST_TIMEOUT_S,
+                # Registries send blob downloads to their storage (ECR: S3), and requests drops
+                # the Authorization header on the way; nothing else of the API redirects.
+                allow_redirects=method == "GET" and "/blobs/" in path,
                 **kwargs,
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
@@ -163,8 +193,11 @@ class Transport:
                 f"registry {self.host} asked for a token without a realm",
                 "use a registry that supports basic or token authentication",
             )
+        self._require_realm(realm)
         try:
-            reply = self._session.get(realm, params=params, auth=self._auth, timeout=REQUEST_TIMEOUT_S)
+            reply = self._session.get(
+                realm, params=params, auth=self._auth, timeout=REQUEST_TIMEOUT_S, allow_redirects=False
+            )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _Temporary(_short(exc)) from exc
         if reply.status_code != 200:
@@ -172,8 +205,35 @@ class Transport:
                 f"registry {self.host}'s token service refused the login (HTTP {reply.status_code})",
                 "check the registry credentials",
             )
-        body = reply.json()
-        return str(body.get("token") or body.get("access_token") or "")
+        try:
+            body = reply.json()
+        except ValueError as exc:
+            raise RegistryError(
+                f"registry {self.host}'s token service answered something that is not JSON",
+                "check that 'registry' is an OCI registry",
+            ) from exc
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(
+                f"registry {self.host}'s token service answered without a token",
+                "check that 'registry' is an OCI registry",
+            )
+        return token
+
+    def _require_realm(self, realm: str) -> None:
+        """The basic credentials go to a token realm only on the registry's own host, over
+        HTTPS (plain HTTP on loopback only): a challenge must not redirect them."""
+        parts = urlsplit(realm)
+        realm_host = (parts.hostname or "").lower()
+        secure = parts.scheme == "https" or (parts.scheme == "http" and is_loopback(realm_host))
+        if not secure or realm_host != hostname(self.host) or parts.username or parts.password:
+            raise RegistryError(
+                f"registry {self.host} asked for the login to be sent to the token service "
+                f"{parts.scheme}://{parts.hostname}{parts.path}, which is not HTTPS on "
+                f"{hostname(self.host)}; the login was not sent",
+                "use the registry's own endpoint for 'registry' (ECR, or a proxy that serves its "
+                "token service on its own host over HTTPS)",
+            )
 
 
 def _scope(path: str) -> str:
@@ -211,6 +271,34 @@ class RegistryClient:
         self.transport = transport
         self.host = transport.host
 
+    def _path(self, repository: str, kind: str, reference: str) -> str:
+        """/v2/<repository>/<kind>/<reference>, for names that are exactly what they claim:
+        digests and tags come from registry answers and plans too, and one with a slash or
+        a newline would address something else."""
+        valid_reference = DIGEST_RE.fullmatch(reference) or (
+            kind == "manifests" and TAG_RE.fullmatch(reference)
+        )
+        if not REPOSITORY_RE.fullmatch(repository) or not valid_reference:
+            shown = (repository + ":" + reference).encode("unicode_escape").decode()[:120]
+            raise RegistryError(
+                f"refused to ask registry {self.host} for '{shown}', which is not a valid "
+                "repository and " + ("digest" if kind == "blobs" else "tag or digest"),
+                "check the image reference; digests are sha256:<64 hex digits>",
+            )
+        return f"/v2/{repository}/{kind}/{reference}"
+
+    def _verified(self, content: bytes, digest: str, what: str) -> bytes:
+        """Content fetched by digest must hash to it: a registry (or anything between) that
+        answers other bytes would have the checks judge an image that is not the one deployed."""
+        found = "sha256:" + hashlib.sha256(content).hexdigest()
+        if found != digest:
+            raise RegistryError(
+                f"registry {self.host} answered {what} with content whose digest is {found}, not {digest}",
+                "the registry or a proxy between altered the content: check the 'registry' host "
+                "and the network path, then rerun",
+            )
+        return content
+
     def ping(self) -> None:
         """Reach the registry and prove the login works, before anything is built."""
         response = self.transport.request("GET", "/v2/", "log in")
@@ -223,7 +311,7 @@ class RegistryClient:
     def head_manifest(self, repository: str, reference: str) -> Descriptor | None:
         response = self.transport.request(
             "HEAD",
-            f"/v2/{repository}/manifests/{reference}",
+            self._path(repository, "manifests", reference),
             f"look up {repository}:{reference}",
             headers={"Accept": ACCEPT},
         )
@@ -231,7 +319,7 @@ class RegistryClient:
             return None
         self._expect(response, 200, f"look up {repository}:{reference}")
         digest = response.headers.get("Docker-Content-Digest", "")
-        if not digest:
+        if not DIGEST_RE.fullmatch(digest):
             # Some registries omit the digest on HEAD; GET always lets us compute it.
             return self.get_manifest(repository, reference).descriptor()
         return Descriptor(
@@ -243,9 +331,11 @@ class RegistryClient:
     def get_manifest(self, repository: str, reference: str) -> Manifest:
         what = f"read {repository}:{reference}"
         response = self.transport.request(
-            "GET", f"/v2/{repository}/manifests/{reference}", what, headers={"Accept": ACCEPT}
+            "GET", self._path(repository, "manifests", reference), what, headers={"Accept": ACCEPT}
         )
         self._expect(response, 200, what)
+        if DIGEST_RE.fullmatch(reference):
+            self._verified(response.content, reference, what)
         digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
         return Manifest(
             digest=digest,
@@ -257,7 +347,7 @@ class RegistryClient:
         what = f"tag {repository}:{tag}"
         response = self.transport.request(
             "PUT",
-            f"/v2/{repository}/manifests/{tag}",
+            self._path(repository, "manifests", tag),
             what,
             headers={"Content-Type": manifest.media_type},
             data=manifest.raw,
@@ -272,9 +362,9 @@ class RegistryClient:
 
     def get_blob(self, repository: str, digest: str) -> bytes:
         what = f"read blob {digest[:19]} of {repository}"
-        response = self.transport.request("GET", f"/v2/{repository}/blobs/{digest}", what)
+        response = self.transport.request("GET", self._path(repository, "blobs", digest), what)
         self._expect(response, 200, what)
-        return response.content
+        return self._verified(response.content, digest, what)
 
     @contextmanager
     def stream_blob(self, repository: str, digest: str) -> Iterator[IO[bytes]]:
@@ -284,7 +374,9 @@ class RegistryClient:
         stops the download there.
         """
         what = f"read blob {digest[:19]} of {repository}"
-        response = self.transport.request("GET", f"/v2/{repository}/blobs/{digest}", what, stream=True)
+        # Read only as far as a check needs, a streamed layer cannot be hashed whole: for it
+        # the registry's word is taken, as the engine takes it until a pull completes.
+        response = self.transport.request("GET", self._path(repository, "blobs", digest), what, stream=True)
         try:
             self._expect(response, 200, what)
             # Undo only a transfer encoding; a gzip layer itself stays gzip.

@@ -14,7 +14,6 @@ plan does deploy but cannot name (unknown until apply) fails it.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -22,16 +21,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from entrypoint import github
 from entrypoint.ecr import Ecr
 from entrypoint.errors import InputError, RegistryError, VerifyError
-from entrypoint.inputs import (
-    DEFAULT_PLATFORM,
-    PLATFORMS,
-    REPOSITORY_RE,
-    TAG_RE,
-    parse_region,
-    parse_registry,
-)
+from entrypoint.inputs import DEFAULT_PLATFORM, PLATFORMS, parse_region, parse_registry
 from entrypoint.lambda_checks import check_image, facts_from_registry, parse_invoke_mode
-from entrypoint.registry import RegistryClient, Transport
+from entrypoint.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE
+from entrypoint.registry import CredentialScope, RegistryClient, Transport
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -39,7 +32,6 @@ if TYPE_CHECKING:
     from entrypoint.ecr import RegistryLogin
 
 VERIFY_INPUTS = ("image-uris", "plan", "region", "registry", "platform", "invoke-mode")
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 DEPLOYING_ACTIONS = ("create", "update")
 
 OK = "ok"
@@ -201,12 +193,30 @@ def images_in_plan(plan: Mapping[str, Any]) -> PlanImages:
             isinstance(after_unknown, dict) and after_unknown.get("image_uri") is True
         )
         uri = after.get("image_uri")
+        _require_printable(address, "address", address)
+        if isinstance(uri, str):
+            _require_printable(address, "image_uri", uri)
         deployed.append(
             PlannedImage(
                 address=address, image_uri=str(uri) if uri and not unknown else None, unknown=unknown
             )
         )
     return PlanImages(deployed=tuple(deployed), not_deployed=tuple(not_deployed), other_functions=others)
+
+
+def _require_printable(address: str, what: str, value: str) -> None:
+    """Plans come from Terraform code a pull request can change; a control character in a
+    value the gate prints could start a line the runner reads as a command."""
+    if all(ch.isprintable() for ch in value):
+        return
+    raise InputError(
+        f"the plan's {what} '{_escaped(value)}' (resource '{_escaped(address)}') holds control characters",
+        "Terraform writes none there: check where the plan file comes from and the value that sets it",
+    )
+
+
+def _escaped(value: str) -> str:
+    return value.encode("unicode_escape").decode()[:200]
 
 
 # ----------------------------------------------------------------------------- images
@@ -231,9 +241,9 @@ def parse_image_uri(text: str) -> ImageUri | None:
     last = path.rsplit("/", 1)[-1]
     if ":" in last:
         repository, _, tag = path.rpartition(":")
-    if not REPOSITORY_RE.match(repository) or (tag is not None and not TAG_RE.match(tag)):
+    if not REPOSITORY_RE.fullmatch(repository) or (tag is not None and not TAG_RE.fullmatch(tag)):
         return None
-    if at and not DIGEST_RE.match(digest):
+    if at and not DIGEST_RE.fullmatch(digest):
         return None
     return ImageUri(text=text, host=host, repository=repository, tag=tag, digest=digest or None)
 
@@ -281,11 +291,20 @@ class VerifyReport:
 
     def summary(self) -> str:
         title = "### Lambda images refused\n\n" if self.failures else "### Lambda images verified\n\n"
+        notes = [github.markdown_text(note) for note in self.notes]
         if not self.findings:
-            return title + "\n".join(self.notes) + "\n"
-        rows = [(f.source, f"`{f.image}`", f"{_MARK[f.status]} {f.status}", f.detail) for f in self.findings]
+            return title + "\n".join(notes) + "\n"
+        rows = [
+            (
+                github.markdown_text(f.source),
+                github.markdown_code(f.image),
+                f"{_MARK[f.status]} {f.status}",
+                github.markdown_text(f.detail),
+            )
+            for f in self.findings
+        ]
         text = title + github.markdown_table(("source", "image", "status", "detail"), rows)
-        return text + "".join(f"\n{note}\n" for note in self.notes)
+        return text + "".join(f"\n{note}\n" for note in notes)
 
     def raise_for_failures(self) -> None:
         failures = self.failures
@@ -378,11 +397,16 @@ def _check_all(
 ) -> dict[_Key, tuple[str, str, str]]:
     clients: dict[str, RegistryClient | RegistryError] = {}
     results: dict[_Key, tuple[str, str, str]] = {}
+    named = ((inputs.registry, "registry"),) if inputs.registry else ()
+    scope = CredentialScope(login.registry, named)
     for host, repository, digest in keys:
         if host not in clients:
             # One login check per host, so an unreachable registry costs one retry budget.
-            client = RegistryClient(Transport(host, login.username, login.password))
             try:
+                transport = Transport(
+                    host, login.username, login.password, scope=scope, where="the image URI"
+                )
+                client = RegistryClient(transport)
                 client.ping()
                 clients[host] = client
             except RegistryError as exc:

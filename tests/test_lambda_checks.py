@@ -23,6 +23,7 @@ from entrypoint.registry import (
     DOCKER_MANIFEST,
     OCI_INDEX,
     OCI_MANIFEST,
+    CredentialScope,
     RegistryClient,
     Transport,
 )
@@ -325,7 +326,9 @@ def test_registry_facts_read_config_and_layers_without_pulling(
         'ENV AWS_LWA_INVOKE_MODE=response_stream\nENTRYPOINT ["httpd"]\nCMD ["-f"]\n'
     )
     digest = images.push(image, registry, "checks/adapter")
-    client = RegistryClient(Transport(registry.host, ECR_USER, ECR_PASSWORD))
+    client = RegistryClient(
+        Transport(registry.host, ECR_USER, ECR_PASSWORD, scope=CredentialScope(registry.host))
+    )
     found = facts_from_registry(client, "checks/adapter", digest)
     assert found.reference == f"{registry.host}/checks/adapter@{digest}"
     assert found.media_type in (DOCKER_MANIFEST, OCI_MANIFEST)

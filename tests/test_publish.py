@@ -14,7 +14,7 @@ from entrypoint.errors import PushRejectedError
 from entrypoint.inputs import parse_publish
 from entrypoint.plan import Plan
 from entrypoint.publish import Target, reduce_to_image_manifest
-from entrypoint.registry import RegistryClient, Transport
+from entrypoint.registry import CredentialScope, RegistryClient, Transport
 from tests.support.oci import push_index_with_attestation
 from tests.support.run import REGION
 from tests.support.run import publish as publish_in
@@ -226,7 +226,9 @@ def test_an_index_the_engine_pushed_is_reduced_to_its_image_manifest(
         {"env": "preprod", "region": REGION, "dockerfile": "Dockerfile", "repository": repo}, workspace.path
     )
     plan = Plan(inputs=inputs, commit=commit, registry=registry.host)
-    client = RegistryClient(Transport(registry.host, ECR_USER, ECR_PASSWORD))
+    client = RegistryClient(
+        Transport(registry.host, ECR_USER, ECR_PASSWORD, scope=CredentialScope(registry.host))
+    )
     target = Target(
         login=RegistryLogin(ECR_USER, ECR_PASSWORD, registry.host),
         registry=client,

@@ -182,7 +182,7 @@ def test_action_declares_every_input_verify_reads() -> None:
     assert steps[0]["env"]["ACTION_PATH"] == "${{ github.action_path }}/.."
     for name in VERIFY_INPUTS:
         assert steps[-1]["env"][f"INPUT_{name.upper()}"] == f"${{{{ inputs.{name} }}}}"
-    assert steps[-1]["run"] == '"$ACTION_PYTHON" -m entrypoint verify'
+    assert steps[-1]["run"] == '"$ACTION_PYTHON" -I -m entrypoint verify'
     assert set(spec["outputs"]) == {"checked"}
 
 
@@ -235,7 +235,7 @@ def test_all_images_exist_and_pass(
         assert f"{source} " in table
     assert table.count("✔ ok") == 3
     assert f"{ECR_HOST}/verify/app@{pushed[:19]}… " in table
-    assert "| aws_lambda_function.api | `" in run.summary
+    assert "| aws_lambda_function.api | <code>" in run.summary
     assert "linux/amd64, " in run.summary
     assert "Lambda Web Adapter" in run.summary
 
@@ -254,7 +254,8 @@ def test_one_missing_image_fails_naming_it(
             ),
         ],
     )
-    run = verify(tmp_path, "--plan", "plan.json")
+    # The plan names the registry itself, so the workflow must name it for the login to go there.
+    run = verify(tmp_path, "--plan", "plan.json", "--registry", registry.host)
     assert run.code == 1, run.log
     assert run.outputs == {"checked": "1"}
     (error,) = run.error_lines()
@@ -348,6 +349,7 @@ def test_wrong_invoke_mode_is_found_in_the_registrys_layers(
     run = verify(
         tmp_path,
         "--image-uris", f"{registry.host}/verify/app@{pushed}",
+        "--registry", registry.host,
         "--invoke-mode", "buffered",
     )  # fmt: skip
     assert run.code == 1, run.log

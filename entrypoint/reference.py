@@ -1,0 +1,39 @@
+"""The shapes of registry names: hosts, repositories, tags and digests, matched whole.
+
+Every pattern is used with `fullmatch`: `re.match` with `$` accepts a trailing newline,
+and a value that goes into a URL path, a tag or a log line must be exactly what it claims.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+# host[:port]: a DNS name or IPv4 address, no scheme, user or path.
+REGISTRY_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?")
+# ECR's own rule for repository names (CreateRepository's pattern).
+REPOSITORY_RE = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+# Amazon ECR private registries: <account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn].
+ECR_HOST_RE = re.compile(r"\d{12}\.dkr\.ecr(?:-fips)?\.[a-z]{2}(?:-[a-z]+)+-\d{1,2}\.amazonaws\.com(?:\.cn)?")
+
+
+def hostname(host: str) -> str:
+    """The name part of host[:port] (brackets of an IPv6 literal removed)."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name.strip("[]").lower()
+
+
+def is_loopback(host: str) -> bool:
+    name = hostname(host)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def is_ecr(host: str) -> bool:
+    return ECR_HOST_RE.fullmatch(host.lower()) is not None
