@@ -2,11 +2,21 @@
 
 On a runner (`GITHUB_ACTIONS=true`) this speaks workflow commands through actions-toolkit;
 elsewhere it prints plain text, so the same entrypoint reads well in a terminal.
+
+Everything else the action prints relays text it does not control: build output, registry
+messages, plan addresses, container logs. The runner executes any line of its log that
+starts with `::` (and splits lines on CR too), so a `RUN` printing `::add-mask::...` could
+mask digests or `::stop-commands::` hide errors. On a runner the whole run is therefore
+inside a `::stop-commands::<random token>` block (`commands_stopped`); only this module's
+own commands resume it for one line, with a token no build can know.
 """
 
 from __future__ import annotations
 
+import html
 import os
+import re
+import secrets
 import sys
 import time
 from contextlib import contextmanager
@@ -24,6 +34,45 @@ def on_runner() -> bool:
     return os.environ.get("GITHUB_ACTIONS") == "true"
 
 
+# Per process: a build cannot see it, so it cannot end the block early.
+_STOP_TOKEN = secrets.token_hex(16)
+_stopped = False
+
+
+@contextmanager
+def commands_stopped() -> Iterator[None]:
+    """Run the action with the runner's command processing off for everything relayed."""
+    global _stopped  # noqa: PLW0603 - one block per process, like the runner's own state
+    if not on_runner() or _stopped:
+        yield
+        return
+    sys.stdout.write(f"::stop-commands::{_STOP_TOKEN}\n")
+    sys.stdout.flush()
+    _stopped = True
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        _stopped = False
+        sys.stdout.write(f"::{_STOP_TOKEN}::\n")
+        sys.stdout.flush()
+
+
+@contextmanager
+def _command() -> Iterator[None]:
+    """Resume command processing for one of our own commands, then stop it again."""
+    sys.stdout.flush()
+    if _stopped:
+        sys.stdout.write(f"::{_STOP_TOKEN}::\n")
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        if _stopped:
+            sys.stdout.write(f"::stop-commands::{_STOP_TOKEN}\n")
+        sys.stdout.flush()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%H:%M:%S")
 
@@ -38,31 +87,30 @@ def mask(secret: str) -> None:
     Outside a runner `::add-mask::` would itself print the secret, so nothing is written.
     """
     if secret and on_runner():
-        core.set_secret(secret)
-        sys.stdout.flush()
+        with _command():
+            core.set_secret(secret)
 
 
 def warning(message: str) -> None:
     if on_runner():
-        core.warning(message)
-        sys.stdout.flush()
+        with _command():
+            core.warning(message)
     else:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def notice(message: str) -> None:
     if on_runner():
-        core.notice(message)
-        sys.stdout.flush()
+        with _command():
+            core.notice(message)
     else:
         print(f"note: {message}", flush=True)
 
 
 def error(message: str) -> None:
     if on_runner():
-        sys.stdout.flush()
-        core.error(message)
-        sys.stdout.flush()
+        with _command():
+            core.error(message)
     else:
         sys.stdout.flush()
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -72,15 +120,13 @@ def error(message: str) -> None:
 def group(title: str) -> Iterator[None]:
     """Fold long output (build logs, push progress) on a runner."""
     if on_runner():
-        sys.stdout.flush()
-        core.start_group(title)
-        sys.stdout.flush()
+        with _command():
+            core.start_group(title)
         try:
             yield
         finally:
-            sys.stdout.flush()
-            core.end_group()
-            sys.stdout.flush()
+            with _command():
+                core.end_group()
     else:
         yield
 
@@ -123,10 +169,27 @@ def write_summary(markdown: str) -> None:
             summary.write(markdown.rstrip("\n") + "\n")
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def cell(value: str) -> str:
-        return value.replace("|", "\\|").replace("\n", "<br>")
+# The Markdown and HTML that could break out of a cell: as numeric character references
+# these render as themselves and start no code span, link, image, tag or table cell.
+# (Underscores stay: intraword they emphasise nothing, and addresses are full of them.)
+_MARKDOWN_ACTIVE = re.compile(r"[\\`*\[\]<>|!&]")
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+
+def markdown_text(value: str) -> str:
+    """Text from anywhere (registry messages, plan addresses) as inert Markdown."""
+    text = _MARKDOWN_ACTIVE.sub(lambda m: f"&#{ord(m.group())};", value)
+    # Control characters would end the line or table row; show them instead.
+    text = "".join(ch if ch.isprintable() or ch == "\n" else f"&#{ord(ch)};" for ch in text)
+    return text.replace("\n", "<br>")
+
+
+def markdown_code(value: str) -> str:
+    """A value shown as code: an HTML code element, since a code span ends at any backtick."""
+    return f"<code>{markdown_text(value)}</code>" if value else ""
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table whose cells are already Markdown (made with markdown_text/markdown_code)."""
+    lines = ["| " + " | ".join(html.escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"

@@ -39,6 +39,13 @@ def read_github_file(path: Path) -> dict[str, str]:
     return values
 
 
+_STOP_COMMANDS = re.compile(r"^::(?:stop-commands::[0-9a-f]{32}|[0-9a-f]{32}::)\n", re.MULTILINE)
+
+
+def _without_stop_commands(text: str) -> str:
+    return _STOP_COMMANDS.sub("", text)
+
+
 @dataclass(frozen=True)
 class Run:
     code: int
@@ -50,7 +57,8 @@ class Run:
 
     @property
     def log(self) -> str:
-        return self.stdout + self.stderr
+        """What the runner shows: it consumes the stop-commands lines that fence relayed text."""
+        return _without_stop_commands(self.stdout) + self.stderr
 
     def error_lines(self) -> list[str]:
         return [line for line in self.log.splitlines() if line.startswith(("::error::", "error: "))]
