@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from entrypoint import github
+from entrypoint.cancel import Cancelled
 from entrypoint.errors import BuildError, EngineError
 
 if TYPE_CHECKING:
@@ -51,6 +52,9 @@ class BuildRequest:
     build_arg_keys: tuple[str, ...]
     iidfile: Path
     cache_args: tuple[str, ...] = ()
+    # (secret id, environment variable holding it): BuildKit reads the value from the CLI's
+    # environment, so it is in no argv, no file and no image layer.
+    secrets: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -105,36 +109,75 @@ def detect_builder() -> Builder:
 CONTAINER_BUILDER = "lambda-image-publish"
 
 
-def ensure_container_builder(builder: Builder) -> Builder:
+@dataclass(frozen=True)
+class BuilderSettings:
+    driver: str
+    network: str  # "host", or "default" for the driver's own network
+
+
+def builder_settings(inspect_output: str) -> BuilderSettings:
+    """Driver and network of a buildx builder, from `docker buildx inspect NAME`:
+    `Driver: docker-container` and, per node, `Driver Options: network="host"`."""
+    driver = re.search(r"^Driver:\s*(\S+)", inspect_output, re.MULTILINE)
+    network = re.search(r'^Driver Options:.*\bnetwork="?([^",\s]+)', inspect_output, re.MULTILINE)
+    return BuilderSettings(driver.group(1) if driver else "", network.group(1) if network else "default")
+
+
+def create_command(builder: Builder, settings: BuilderSettings) -> list[str]:
+    argv = [builder.cli, "buildx", "create", "--name", CONTAINER_BUILDER, "--driver", settings.driver]
+    if settings.network != "default":
+        argv += ["--driver-opt", f"network={settings.network}"]
+    return argv
+
+
+@contextmanager
+def container_builder(builder: Builder, *, allow_host_network: bool) -> Iterator[Builder]:
     """A buildx docker-container builder, for cache exports the docker driver cannot do.
 
-    Made once per runner and reused; host networking lets it reach registries on the
-    runner's loopback or VPC endpoints the way the engine does.
+    Made once per runner and kept for the next build's cache. Its containers get the
+    driver's own network: host networking would let every RUN step reach services on the
+    runner's loopback, so only a loopback registry the workflow named (`registry:
+    127.0.0.1:5000`) turns it on. A builder of that name with other settings was made by
+    someone else and is refused, not reused. If the job is cancelled while the builder this
+    run created is in use, it is removed.
     """
+    wanted = BuilderSettings("docker-container", "host" if allow_host_network else "default")
     inspect = _run([builder.cli, "buildx", "inspect", CONTAINER_BUILDER])
-    if inspect.returncode != 0:
+    created = False
+    if inspect.returncode == 0:
+        found = builder_settings(inspect.stdout)
+        if found != wanted:
+            raise EngineError(
+                f"a buildx builder named '{CONTAINER_BUILDER}' already exists with driver "
+                f"{found.driver or 'unknown'} and network {found.network}, not the "
+                f"{wanted.driver} builder with network {wanted.network} this action makes",
+                f"remove it (docker buildx rm {CONTAINER_BUILDER}) so the action can make its own, "
+                "or set 'cache' to registry-inline",
+            )
+    else:
         github.notice(
-            f"creating the buildx builder '{CONTAINER_BUILDER}' (driver docker-container): the "
-            f"current builder's '{builder.driver}' driver cannot export this cache"
+            f"creating the buildx builder '{CONTAINER_BUILDER}' (driver docker-container, network "
+            f"{wanted.network}): the current builder's '{builder.driver}' driver cannot export "
+            "this cache"
         )
-        made = _run(
-            [
-                builder.cli,
-                "buildx",
-                "create",
-                "--name",
-                CONTAINER_BUILDER,
-                "--driver",
-                "docker-container",
-                "--driver-opt",
-                "network=host",
-            ]
-        )
+        made = _run(create_command(builder, wanted))
         if made.returncode != 0:
             raise EngineError(
                 f"could not create a buildx docker-container builder: {made.stderr.strip()[:300]}",
                 "run docker/setup-buildx-action before this step, or set 'cache' to registry-inline",
             )
+        created = True
+    ours = Builder("buildx", builder.cli, builder.version, "docker-container", CONTAINER_BUILDER)
+    try:
+        _bootstrap(builder)
+        yield ours
+    except Cancelled:
+        if created:
+            _run([builder.cli, "buildx", "rm", "--force", CONTAINER_BUILDER])
+        raise
+
+
+def _bootstrap(builder: Builder) -> None:
     try:
         boot = subprocess.run(
             [builder.cli, "buildx", "inspect", "--bootstrap", CONTAINER_BUILDER],
@@ -153,7 +196,6 @@ def ensure_container_builder(builder: Builder) -> Builder:
             f"the buildx docker-container builder did not start: {boot.stderr.strip()[:300]}",
             "check that the runner can pull moby/buildkit, or set 'cache' to registry-inline",
         )
-    return Builder("buildx", builder.cli, builder.version, "docker-container", CONTAINER_BUILDER)
 
 
 def build_command(builder: Builder, request: BuildRequest) -> list[str]:
@@ -174,16 +216,105 @@ def build_command(builder: Builder, request: BuildRequest) -> list[str]:
         argv += ["--tag", tag]
     for key in request.build_arg_keys:
         argv += ["--build-arg", key]
+    for secret_id, variable in request.secrets:
+        argv += ["--secret", f"id={secret_id},env={variable}"]
     argv += list(request.cache_args)
     argv.append(str(request.context))
     return argv
 
 
-def build_environment(base: Mapping[str, str], build_args: Iterable[tuple[str, str]]) -> dict[str, str]:
-    env = dict(base)
+# What the docker CLI (and the BuildKit client in it) needs from the job's environment to
+# find and reach the engine, its config and the network. Nothing else of the job reaches
+# it: not the AWS credentials, not tokens of other steps.
+_CLI_ENVIRONMENT = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "XDG_RUNTIME_DIR",  # rootless Docker's socket
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+    "DOCKER_API_VERSION",
+    "DOCKER_CONFIG",
+    "BUILDX_BUILDER",
+    "BUILDX_CONFIG",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
+# BuildKit's gha cache reads these; only cache mode gha passes them.
+GHA_ENVIRONMENT = ("ACTIONS_RUNTIME_TOKEN", "ACTIONS_CACHE_URL", "ACTIONS_RESULTS_URL")
+
+# Names a build arg (an environment variable of the CLI, see `build_command`) must not
+# take: what the CLI, BuildKit's client, Go's runtime and TLS, git (which buildx runs for
+# build metadata), the dynamic loader or a shell would read as settings. DOCKER_HOST as a
+# build arg would send the build, with the registry login, to another engine.
+_CLI_READS_PREFIXES = (
+    "DOCKER_",
+    "BUILDX_",
+    "BUILDKIT_",
+    "LD_",
+    "GIT_",
+    "OTEL_",
+    "XDG_",
+    "SSL_",
+    "LC_",
+    "ACTIONS_",
+    "GITHUB_",
+    "RUNNER_",
+)
+_CLI_READS_NAMES = frozenset(
+    {name.upper() for name in _CLI_ENVIRONMENT}
+    | {
+        "SHELL",
+        "IFS",
+        "ENV",
+        "BASH_ENV",
+        "PWD",
+        "TERM",
+        "ALL_PROXY",
+        "FTP_PROXY",
+        "JAEGER_TRACE",
+        "GODEBUG",
+        "GOGC",
+        "GOMAXPROCS",
+        "GOMEMLIMIT",
+        "GOTRACEBACK",
+    }
+)
+
+
+def cli_reads(name: str) -> bool:
+    """Whether the docker CLI process would take environment variable `name` as a setting."""
+    upper = name.upper()
+    return upper in _CLI_READS_NAMES or upper.startswith(_CLI_READS_PREFIXES)
+
+
+def build_environment(
+    base: Mapping[str, str],
+    build_args: Iterable[tuple[str, str]],
+    *,
+    secrets: Iterable[tuple[str, str]] = (),
+    gha: bool = False,
+) -> dict[str, str]:
+    """The docker CLI's whole environment: an allow-list of the job's, then our settings,
+    then the build args (whose keys `inputs` keeps clear of every name above)."""
+    names = _CLI_ENVIRONMENT + (GHA_ENVIRONMENT if gha else ())
+    env = {name: base[name] for name in names if base.get(name)}
     env["DOCKER_BUILDKIT"] = "1"
     env["BUILDKIT_PROGRESS"] = "plain"
     env.update(build_args)
+    for _, variable in secrets:
+        env[variable] = base.get(variable, "")
     return env
 
 
@@ -238,18 +369,34 @@ def run_build(argv: list[str], env: Mapping[str, str], request: BuildRequest) ->
             )
         except OSError as exc:
             raise EngineError(f"cannot run {argv[0]}: {exc}", "install the docker CLI") from exc
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.rstrip("\n")
-            github.info(line)
-            reader.feed(line)
-        code = process.wait()
+        try:
+            assert process.stdout is not None
+            for raw in process.stdout:
+                line = raw.rstrip("\n")
+                github.info(line)
+                reader.feed(line)
+            code = process.wait()
+        finally:
+            _stop(process)
     if code != 0:
         raise _build_failure(reader, request)
     image_id = request.iidfile.read_text().strip() if request.iidfile.exists() else ""
     if not image_id:
         raise BuildError("the build finished but wrote no image ID", "rerun the build")
     return BuildResult(image_id=image_id, steps=tuple(reader.steps.values()))
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """End a CLI we are leaving early (cancel): SIGTERM makes it cancel the build in BuildKit."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def _build_failure(reader: _LogReader, request: BuildRequest) -> BuildError:

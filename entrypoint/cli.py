@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
-from entrypoint import github
+from entrypoint import cancel, github
 from entrypoint.errors import ActionError
 from entrypoint.inputs import PUBLISH_INPUTS, parse_publish, read_raw
 from entrypoint.publish import publish, summary
@@ -61,21 +62,33 @@ def run(argv: list[str]) -> None:
         checked.raise_for_failures()
         return
     raw = read_raw(PUBLISH_INPUTS, flags)
-    inputs = parse_publish(raw, _workspace(args.workspace))
+    runner_temp = os.environ.get("RUNNER_TEMP")
+    inputs = parse_publish(raw, _workspace(args.workspace), Path(runner_temp) if runner_temp else None)
     result = publish(inputs, os.environ)
     github.set_outputs(result.outputs())
     github.write_summary(summary(result))
 
 
+def _private_temp() -> None:
+    """Temporary files in the runner's own temp folder, which the runner empties after the job."""
+    runner_temp = os.environ.get("RUNNER_TEMP", "")
+    if runner_temp and Path(runner_temp).is_dir():
+        tempfile.tempdir = runner_temp
+
+
 def main(argv: list[str]) -> int:
+    cancel.install()
+    _private_temp()
+    with github.commands_stopped():
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
         run(argv)
     except ActionError as exc:
         github.error(exc.line())
         return exc.exit_code
-    except KeyboardInterrupt:
-        github.error("interrupted. Fix: rerun the job.")
-        return 130
     except Exception as exc:  # noqa: BLE001 - the last line must still be one clear error
         with github.group("internal error traceback"):
             traceback.print_exc(file=sys.stdout)

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
 # Bump when the fingerprint's inputs or their encoding change, so old `src-` tags stop matching.
-SCHEME = "lambda-image-publish/fingerprint/v2"
+SCHEME = "lambda-image-publish/fingerprint/v3"
 TAG_PREFIX = "src-"
 # 160 bits: no accidental collision in any repository's lifetime, and a tag that fits a
 # console column. Tags may be 128 characters, so the full 64 would fit too.
@@ -88,6 +88,8 @@ def compute_fingerprint(
     build_args: Sequence[tuple[str, str]],
     platform: str,
     resolve: Callable[[str], str | None],
+    *,
+    secret_ids: Sequence[str] = (),
 ) -> Fingerprint:
     dockerfile_bytes = _read_dockerfile(dockerfile)
     args = dict(build_args)  # repeated keys: the last one wins, as in `build_environment`
@@ -98,7 +100,11 @@ def compute_fingerprint(
     _record(digest, "scheme", SCHEME)
     _record(digest, "platform", platform)
     for key in sorted(args):
-        _record(digest, "arg", f"{key}={args[key]}")
+        _record(digest, "arg", key, _stretched(key, args[key]))
+    for secret_id in sorted(secret_ids):
+        # The id only: a secret's value must not shape a public tag, and by BuildKit's
+        # contract it leaves no trace in the image.
+        _record(digest, "secret", secret_id)
     _record(digest, "dockerfile", dockerfile_bytes)
 
     bases: list[tuple[str, str]] = []
@@ -128,6 +134,16 @@ def compute_fingerprint(
         bases=tuple(bases),
         warnings=tuple(warnings),
         scope=scope,
+    )
+
+
+def _stretched(key: str, value: str) -> bytes:
+    """A build arg's value as it enters the fingerprint: through scrypt, because the
+    fingerprint is a public tag and a short value (a PIN, a word someone mistook for a
+    build arg rather than a secret) would otherwise be one sha256 guess away. Each guess
+    now costs about 0.1 s and 32 MiB. Values that must stay secret belong in `secrets`."""
+    return hashlib.scrypt(
+        value.encode(), salt=f"{SCHEME}/arg/{key}".encode(), n=1 << 15, r=8, p=1, maxmem=64 << 20, dklen=32
     )
 
 

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from actions_toolkit import core
 
+from entrypoint.buildkit import cli_reads
 from entrypoint.cache import CacheMode, parse_cache_mode
 from entrypoint.errors import InputError
 from entrypoint.lambda_checks import parse_invoke_mode
+from entrypoint.reference import REGISTRY_RE, REPOSITORY_RE, TAG_RE
 from entrypoint.smoke import SmokeSpec, parse_smoke
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
 
 PUBLISH_INPUTS = (
     "env",
@@ -41,18 +43,20 @@ PUBLISH_INPUTS = (
     "smoke",
     "smoke-timeout",
     "invoke-mode",
+    "secrets",
 )
 DEFAULT_REPOSITORY = "{env}-sse-streaming-lambda"
 DEFAULT_PLATFORM = "linux/amd64"
 
-ENV_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-REGION_RE = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
-# ECR's own rule for repository names (CreateRepository's pattern), 2 to 256 characters.
-REPOSITORY_RE = re.compile(r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$")
-REGISTRY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-BUILD_ARG_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+ENV_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")
+REGION_RE = re.compile(r"[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
+BUILD_ARG_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SECRET_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+SHA_RE = re.compile(r"[0-9a-f]{40}")
+# Docker's own build check (SecretsUsedInArgOrEnv) flags these words in ARG names.
+SECRET_WORDS = re.compile(
+    r"(?i)(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|PASS|APIKEY|API_KEY|KEY|CREDENTIALS?|AUTH)(?:_|$)"
+)
 # Lambda runs container images on these two architectures only.
 PLATFORMS = ("linux/amd64", "linux/arm64")
 # Tags the action manages itself; a user tag with these prefixes would be overwritten.
@@ -80,6 +84,14 @@ class PublishInputs:
     smoke: SmokeSpec | None = None
     smoke_timeout: float = 30.0
     invoke_mode: str | None = None
+    # (BuildKit secret id, environment variable of the step that holds its value)
+    secrets: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def secret_like_build_args(self) -> tuple[str, ...]:
+        """Build-arg keys that read like credentials: build args end up in the image's
+        history and the source fingerprint, secrets belong in `secrets`."""
+        return tuple(key for key, _ in self.build_args if SECRET_WORDS.search(key))
 
 
 def read_raw(names: tuple[str, ...], flags: Mapping[str, str | None]) -> dict[str, str]:
@@ -105,6 +117,10 @@ def _lines(value: str) -> list[str]:
     return [line.strip() for line in value.splitlines() if line.strip()]
 
 
+def _numbered_lines(value: str) -> list[tuple[int, str]]:
+    return [(number, line) for number, line in enumerate(value.splitlines(), 1) if line.strip()]
+
+
 def _require(raw: Mapping[str, str], name: str, hint: str) -> str:
     value = raw.get(name, "").strip()
     if not value:
@@ -114,7 +130,7 @@ def _require(raw: Mapping[str, str], name: str, hint: str) -> str:
 
 def parse_env(raw: Mapping[str, str]) -> str:
     env = _require(raw, "env", "set 'env' to preprod, prod or another environment name")
-    if not ENV_RE.match(env):
+    if not ENV_RE.fullmatch(env):
         raise InputError(
             f"input 'env' is '{env}', which is not an environment name",
             "use lower-case letters, digits and hyphens, starting with a letter, at most 31 "
@@ -125,7 +141,7 @@ def parse_env(raw: Mapping[str, str]) -> str:
 
 def parse_region(raw: Mapping[str, str]) -> str:
     region = _require(raw, "region", "set 'region' to the AWS region of the registry, e.g. eu-west-2")
-    if not REGION_RE.match(region):
+    if not REGION_RE.fullmatch(region):
         raise InputError(
             f"input 'region' is '{region}', which is not an AWS region",
             "use a region code such as eu-west-2 or us-east-1",
@@ -137,7 +153,7 @@ def parse_registry(raw: Mapping[str, str]) -> str | None:
     registry = raw.get("registry", "").strip().rstrip("/")
     if not registry:
         return None
-    if "://" in registry or not REGISTRY_RE.match(registry):
+    if "://" in registry or not REGISTRY_RE.fullmatch(registry):
         raise InputError(
             f"input 'registry' is '{registry}', not a host[:port]",
             "give the registry host without scheme or path, e.g. "
@@ -147,7 +163,7 @@ def parse_registry(raw: Mapping[str, str]) -> str | None:
 
 
 def _tag(name: str, tag: str) -> str:
-    if not TAG_RE.match(tag):
+    if not TAG_RE.fullmatch(tag):
         raise InputError(
             f"input '{name}' has '{tag}', which is not a valid image tag",
             "tags are 1-128 characters of letters, digits, '_', '.', '-', not starting with '.' or '-'",
@@ -160,26 +176,38 @@ def _tag(name: str, tag: str) -> str:
     return tag
 
 
-def _path_in(workspace: Path, name: str, value: str) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else workspace / path
+def path_in(workspace: Path, name: str, value: str, *, also: Path | None = None) -> Path:
+    """`value` resolved against the workspace, symlinks followed, which must stay inside it
+    (or inside `also`): a Dockerfile, context or plan from elsewhere on the runner would
+    let a checkout read the runner's home (`COPY . .` of ~ bakes ~/.aws into the image)."""
+    root = workspace.resolve()
+    resolved = (root / value).resolve()
+    allowed = [root] + ([also.resolve()] if also is not None else [])
+    if not any(resolved == base or resolved.is_relative_to(base) for base in allowed):
+        where = "the workspace" + (f" or {allowed[1]}" if also is not None else "")
+        raise InputError(
+            f"input '{name}' is '{value}', which resolves to {resolved}, outside {where}",
+            f"give '{name}' as a path inside the repository checkout ({root}); symlinks must "
+            "point inside it too",
+        )
+    return resolved
 
 
-def parse_publish(raw: Mapping[str, str], workspace: Path) -> PublishInputs:
+def parse_publish(raw: Mapping[str, str], workspace: Path, runner_temp: Path | None = None) -> PublishInputs:
     env = parse_env(raw)
     region = parse_region(raw)
 
     dockerfile_value = _require(
         raw, "dockerfile", "set 'dockerfile' to the Dockerfile's path relative to the workspace"
     )
-    dockerfile = _path_in(workspace, "dockerfile", dockerfile_value)
+    dockerfile = path_in(workspace, "dockerfile", dockerfile_value)
     if not dockerfile.is_file():
         raise InputError(
             f"Dockerfile '{dockerfile_value}' does not exist (looked for {dockerfile})",
             "check the 'dockerfile' input, and that actions/checkout ran before this step",
         )
     context_value = raw.get("context", "").strip()
-    context = _path_in(workspace, "context", context_value) if context_value else dockerfile.parent
+    context = path_in(workspace, "context", context_value) if context_value else dockerfile.parent
     if not context.is_dir():
         raise InputError(
             f"build context '{context_value}' is not a directory (looked for {context})",
@@ -188,22 +216,14 @@ def parse_publish(raw: Mapping[str, str], workspace: Path) -> PublishInputs:
         )
 
     repository = (raw.get("repository", "").strip() or DEFAULT_REPOSITORY).replace("{env}", env)
-    if not (2 <= len(repository) <= 256 and REPOSITORY_RE.match(repository)):
+    if not (2 <= len(repository) <= 256 and REPOSITORY_RE.fullmatch(repository)):
         raise InputError(
             f"input 'repository' gives '{repository}', which is not an ECR repository name",
             "use lower-case letters, digits and . _ - / separators (the name Terraform gives "
             "the aws_ecr_repository)",
         )
 
-    build_args: list[tuple[str, str]] = []
-    for line in _lines(raw.get("build-args", "")):
-        key, sep, value = line.partition("=")
-        if not sep or not BUILD_ARG_RE.match(key.strip()):
-            raise InputError(
-                f"input 'build-args' has the line '{line}', which is not KEY=VALUE",
-                "write one KEY=VALUE per line; keys are letters, digits and '_'",
-            )
-        build_args.append((key.strip(), value))
+    build_args = _build_args(raw.get("build-args", ""))
 
     extra_tags = tuple(dict.fromkeys(_tag("tags", t) for t in _lines(raw.get("tags", ""))))
     platform = raw.get("platform", "").strip() or DEFAULT_PLATFORM
@@ -214,7 +234,10 @@ def parse_publish(raw: Mapping[str, str], workspace: Path) -> PublishInputs:
         )
     cache = parse_cache_mode(raw.get("cache", "").strip())
     cache_dir_value = raw.get("cache-dir", "").strip()
-    cache_dir = _path_in(workspace, "cache-dir", cache_dir_value) if cache_dir_value else None
+    # The runner's temp folder is the runner's own, not the checkout's: cache may live there.
+    cache_dir = (
+        path_in(workspace, "cache-dir", cache_dir_value, also=runner_temp) if cache_dir_value else None
+    )
     if cache == "local" and cache_dir is None:
         raise InputError(
             "cache mode 'local' needs a folder and 'cache-dir' is empty",
@@ -249,4 +272,53 @@ def parse_publish(raw: Mapping[str, str], workspace: Path) -> PublishInputs:
         smoke=parse_smoke(raw.get("smoke", "")),
         smoke_timeout=smoke_timeout,
         invoke_mode=parse_invoke_mode(raw.get("invoke-mode", "")),
+        secrets=_secrets(raw.get("secrets", "")),
     )
+
+
+def _build_args(value: str) -> tuple[tuple[str, str], ...]:
+    """KEY=VALUE lines. Errors name the line number and key, never the value: a value may
+    be a secret that someone put in the wrong input."""
+    build_args: list[tuple[str, str]] = []
+    for number, line in _numbered_lines(value):
+        key, sep, _ = line.strip().partition("=")
+        key = key.strip()
+        if not sep or not BUILD_ARG_RE.fullmatch(key):
+            shown = f" (key '{key}')" if BUILD_ARG_RE.fullmatch(key) else ""
+            raise InputError(
+                f"input 'build-args' line {number}{shown} is not KEY=VALUE",
+                "write one KEY=VALUE per line; keys are letters, digits and '_'",
+            )
+        if cli_reads(key):
+            raise InputError(
+                f"input 'build-args' line {number} sets {key}, a name the docker CLI, BuildKit "
+                "or the loader read as a setting (build args reach the build through the CLI's "
+                "environment)",
+                f"rename the ARG in the Dockerfile (e.g. APP_{key}); proxies for RUN steps come "
+                "from the proxies section of the Docker config, which the build uses",
+            )
+        build_args.append((key, line.strip().partition("=")[2]))
+    return tuple(build_args)
+
+
+def _secrets(value: str) -> tuple[tuple[str, str], ...]:
+    """`id=ENV_NAME` lines: the BuildKit secret id and the step's environment variable."""
+    found: dict[str, str] = {}
+    for number, line in _numbered_lines(value):
+        secret_id, sep, variable = (part.strip() for part in line.strip().partition("="))
+        if not sep or not SECRET_ID_RE.fullmatch(secret_id) or not BUILD_ARG_RE.fullmatch(variable):
+            raise InputError(
+                f"input 'secrets' line {number} is not id=ENV_NAME",
+                "write one id=ENV_NAME per line (the RUN --mount=type=secret,id=... id and the "
+                "name of an environment variable set on this step from a secret), never the value",
+            )
+        if cli_reads(variable):
+            raise InputError(
+                f"input 'secrets' line {number} reads the variable {variable}, which the docker "
+                "CLI reads as a setting",
+                "put the secret in a variable of another name in the step's env",
+            )
+        if secret_id in found:
+            raise InputError(f"input 'secrets' names the id '{secret_id}' twice", "give each id once")
+        found[secret_id] = variable
+    return tuple(found.items())

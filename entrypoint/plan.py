@@ -75,7 +75,7 @@ def resolve_commit(workspace: Path, environ: Mapping[str, str]) -> str:
     """The full commit SHA: GITHUB_SHA on a runner, else the workspace's HEAD."""
     sha = environ.get("GITHUB_SHA", "").strip().lower()
     if sha:
-        if not SHA_RE.match(sha):
+        if not SHA_RE.fullmatch(sha):
             raise InputError(
                 f"GITHUB_SHA is '{sha}', not a full 40-character commit SHA",
                 "leave GITHUB_SHA to the runner, or set it to a full commit SHA",
@@ -88,6 +88,8 @@ def resolve_commit(workspace: Path, environ: Mapping[str, str]) -> str:
             text=True,
             check=False,
             timeout=10,
+            # The job's GIT_* settings (GIT_DIR, GIT_CONFIG_*, ...) would change what is read.
+            env={k: v for k, v in environ.items() if k in ("PATH", "HOME", "LANG")},
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise InputError(
@@ -95,7 +97,7 @@ def resolve_commit(workspace: Path, environ: Mapping[str, str]) -> str:
             "install git, or set GITHUB_SHA to the commit being published",
         ) from exc
     sha = done.stdout.strip()
-    if done.returncode != 0 or not SHA_RE.match(sha):
+    if done.returncode != 0 or not SHA_RE.fullmatch(sha):
         raise InputError(
             f"cannot find the commit to tag: {workspace} is not a git checkout with a commit",
             "run in a checkout (actions/checkout), or set GITHUB_SHA",

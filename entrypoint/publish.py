@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrypoint import buildkit, cache, github, lambda_checks, smoke
+from entrypoint.cancel import Cancelled
 from entrypoint.ecr import Ecr
 from entrypoint.engine import Engine
-from entrypoint.errors import PushRejectedError, RegistryError
-from entrypoint.fingerprint import Fingerprint, compute_fingerprint, resolve_with_engine
+from entrypoint.errors import InputError, PushRejectedError, RegistryError
+from entrypoint.fingerprint import Fingerprint, compute_fingerprint, included_paths_under, resolve_with_engine
 from entrypoint.plan import Plan, make_plan
-from entrypoint.registry import Descriptor, Manifest, RegistryClient, Transport
+from entrypoint.reference import is_loopback
+from entrypoint.registry import CredentialScope, Descriptor, Manifest, RegistryClient, Transport
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -61,6 +63,8 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
         plan = make_plan(inputs, environ)
         for line in plan.describe():
             github.info(f"  {line}")
+        _check_secrets(inputs, environ)
+        _warn_about_leaks(inputs)
 
     with github.stage("check the Docker engine"):
         engine = Engine.connect()
@@ -82,9 +86,12 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
             manifest, source = _reuse(plan, target, engine)
 
     if manifest is None:
-        if support.needs_container_builder:
-            builder = buildkit.ensure_container_builder(builder)
-        built = _build(plan, target, builder)
+        with contextlib.ExitStack() as made:
+            if support.needs_container_builder:
+                builder = made.enter_context(
+                    buildkit.container_builder(builder, allow_host_network=_loopback_registry(inputs))
+                )
+            built = _build(plan, target, builder)
         _check(plan, engine, built.image_id)
         if target is None:
             github.notice(
@@ -117,6 +124,48 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
     )
 
 
+def _check_secrets(inputs: PublishInputs, environ: Mapping[str, str]) -> None:
+    """Every secret's variable must hold a value, masked before anything could print it."""
+    for secret_id, variable in inputs.secrets:
+        value = environ.get(variable, "")
+        if not value:
+            raise InputError(
+                f"input 'secrets' gives id '{secret_id}' the variable {variable}, which is not set "
+                "or empty in this step's environment",
+                f"set {variable} in the step's env from a secret (env: {variable}: ${{{{ secrets.NAME }}}})",
+            )
+        github.mask(value)
+        for line in value.splitlines():
+            # The runner masks a multi-line secret line by line only when told each line.
+            if line.strip() and line != value:
+                github.mask(line)
+    if inputs.secrets:
+        github.info(f"  secrets     : {', '.join(i for i, _ in inputs.secrets)} (values masked)")
+
+
+def _warn_about_leaks(inputs: PublishInputs) -> None:
+    for key in inputs.secret_like_build_args:
+        github.warning(
+            f"build arg {key} reads like a credential: build args are recorded in the image's "
+            "history and in its source fingerprint; pass it with the 'secrets' input and "
+            "RUN --mount=type=secret instead"
+        )
+    if (inputs.context / ".git").exists() and included_paths_under(
+        inputs.context, inputs.dockerfile, [".git"]
+    ):
+        github.warning(
+            f"the build context {inputs.context} holds .git and no .dockerignore excludes it: "
+            "a COPY of the context would put the repository history (and any token a checkout "
+            "left in .git/config) into the image; add .git to .dockerignore"
+        )
+
+
+def _loopback_registry(inputs: PublishInputs) -> bool:
+    """A builder container reaches the runner's loopback only with host networking, which
+    the action gives it only when the workflow itself named a loopback registry."""
+    return inputs.registry is not None and is_loopback(inputs.registry)
+
+
 def _reuse(plan: Plan, target: Target, engine: Engine) -> tuple[Manifest | None, Fingerprint | None]:
     """The image this publish can point its tags at without building, if there is one."""
     name = target.repository.name
@@ -134,6 +183,7 @@ def _reuse(plan: Plan, target: Target, engine: Engine) -> tuple[Manifest | None,
         inputs.build_args,
         inputs.platform,
         resolve_with_engine(engine.client),
+        secret_ids=[secret_id for secret_id, _ in inputs.secrets],
     )
     for warning in source.warnings:
         github.warning(warning)
@@ -184,9 +234,12 @@ def _build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> buil
             build_arg_keys=tuple(k for k, _ in inputs.build_args),
             iidfile=Path(tmp) / "iid",
             cache_args=cache_args,
+            secrets=inputs.secrets,
         )
         argv = buildkit.build_command(builder, request)
-        env = buildkit.build_environment(os.environ, inputs.build_args)
+        env = buildkit.build_environment(
+            os.environ, inputs.build_args, secrets=inputs.secrets, gha=mode == "gha"
+        )
         with contextlib.ExitStack() as stack:
             if target is not None and plan.registry:
                 # BuildKit reads and writes registry cache with the CLI's credentials.
@@ -239,7 +292,9 @@ def _connect(plan: Plan) -> tuple[Plan, Target]:
     github.mask(login.password)
     plan = plan.with_registry(plan.inputs.registry or login.registry)
     assert plan.registry is not None
-    registry = RegistryClient(Transport(plan.registry, login.username, login.password))
+    named = ((plan.inputs.registry, "registry"),) if plan.inputs.registry else ()
+    scope = CredentialScope(login.registry, named)
+    registry = RegistryClient(Transport(plan.registry, login.username, login.password, scope=scope))
     registry.ping()
     github.info(f"  logged in to {plan.registry} as {login.username}")
     repository = ecr.repository(plan.inputs.repository)
@@ -329,7 +384,7 @@ def _move_tags(plan: Plan, target: Target, manifest: Manifest) -> None:
             github.info(f"  {tag} -> {manifest.digest}" + (f" (was {before.digest})" if before else ""))
             if previous:
                 moved.append((tag, previous))
-    except RegistryError:
+    except (RegistryError, Cancelled):
         # Put back what already moved, so a half-finished publish leaves the old release whole.
         for tag, previous in reversed(moved):
             try:
@@ -354,5 +409,5 @@ def _verify(plan: Plan, target: Target, digest: str) -> None:
 
 
 def summary(result: PublishResult) -> str:
-    rows = [(k, f"`{v}`" if v else "") for k, v in result.outputs().items()]
+    rows = [(github.markdown_text(k), github.markdown_code(v)) for k, v in result.outputs().items()]
     return "### Lambda image published\n\n" + github.markdown_table(("output", "value"), rows)

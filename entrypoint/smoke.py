@@ -87,7 +87,7 @@ def parse_smoke(value: str, name: str = "smoke") -> SmokeSpec | None:
                 'write the event as JSON after "invoke:", e.g. invoke:{"path": "/health"}',
             ) from exc
         return SmokeSpec(kind="invoke", event=event)
-    match = _HTTP_RE.match(text)
+    match = _HTTP_RE.fullmatch(text)
     if match and (match["port"] or match["path"]):
         port = int(match["port"] or DEFAULT_PORT)
         if not 1 <= port <= 65535:
