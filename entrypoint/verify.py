@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from entrypoint import github
 from entrypoint.ecr import Ecr
 from entrypoint.errors import InputError, RegistryError, VerifyError
-from entrypoint.inputs import DEFAULT_PLATFORM, PLATFORMS, parse_region, parse_registry
+from entrypoint.inputs import DEFAULT_PLATFORM, PLATFORMS, parse_region, parse_registry, path_in
 from entrypoint.lambda_checks import check_image, facts_from_registry, parse_invoke_mode
 from entrypoint.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE
 from entrypoint.registry import CredentialScope, RegistryClient, Transport
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+    from pathlib import Path
 
     from entrypoint.ecr import RegistryLogin
 
@@ -88,7 +88,7 @@ def parse_verify(raw: Mapping[str, str], workspace: Path) -> VerifyInputs:
     plan_value = raw.get("plan", "").strip()
     plan: Path | None = None
     if plan_value:
-        plan = Path(plan_value) if Path(plan_value).is_absolute() else workspace / plan_value
+        plan = path_in(workspace, "plan", plan_value)
         if not plan.is_file():
             raise InputError(
                 f"plan file '{plan_value}' does not exist (looked for {plan})",

@@ -704,6 +704,18 @@ def test_paths_outside_the_workspace_are_refused(
     assert f"input '{name}'" in line and "outside the workspace" in line
 
 
+def test_a_plan_outside_the_workspace_is_refused(aws_env: dict[str, str], tmp_path: Path) -> None:
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (tmp_path / "plan.json").write_text("{}")
+    (workspace / "linked.json").symlink_to(tmp_path / "plan.json")
+    for value in ("../plan.json", str(tmp_path / "plan.json"), "linked.json"):
+        run = run_entrypoint(["verify", "--region", REGION, "--plan", value], cwd=workspace, tmp=tmp_path)
+        line = only_error(run)
+        assert run.code == 2
+        assert "input 'plan'" in line and "outside the workspace" in line
+
+
 def test_git_in_the_build_context_is_warned_about(
     app: Workspace,
     registry: Registry,
