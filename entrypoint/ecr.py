@@ -24,6 +24,7 @@ from botocore.exceptions import (
 )
 
 from entrypoint.errors import AwsError, RepositoryMissingError
+from entrypoint.reference import REGISTRY_RE
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
@@ -98,6 +99,10 @@ def aws_error(call: str, action: str, exc: Exception) -> AwsError:
     return AwsError(f"{call} failed: {exc}", "check the AWS configuration of this job")
 
 
+def _escaped(text: str) -> str:
+    return text.encode("unicode_escape").decode()[:200]
+
+
 def _xml_field(text: str, field: str) -> str:
     match = re.search(rf"<{field}>([^<]*)</{field}>", text)
     return match.group(1) if match else ""
@@ -117,6 +122,12 @@ class Ecr:
         user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
         endpoint = data["proxyEndpoint"]
         host = endpoint.split("://", 1)[-1].rstrip("/")
+        if not REGISTRY_RE.fullmatch(host):
+            # The login is sent to this host; it must be exactly one host[:port].
+            raise AwsError(
+                f"ecr:GetAuthorizationToken named the registry '{_escaped(endpoint)}', not a host",
+                "check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_ECR: the endpoint is not Amazon ECR",
+            )
         return RegistryLogin(username=user, password=password, registry=host)
 
     def repository(self, name: str) -> Repository:
