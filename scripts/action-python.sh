@@ -1,37 +1,106 @@
 #!/usr/bin/env bash
-# Gives the action a Python with its dependencies, without touching the job's own Python:
-# a venv in the runner's temp folder, keyed by the action's own files, reused when a job
-# calls the action more than once. Writes `python=<path>` to GITHUB_OUTPUT.
+# Gives the action a Python with exactly its locked dependencies, without touching the job's
+# own Python: a venv in the runner's temp folder, keyed by the lock and the action's code,
+# reused when a job calls the action again. Writes `python=<path>` to GITHUB_OUTPUT.
+#
+# What is installed is lock/runtime.txt, nothing else: binary wheels only, every one checked
+# against its sha256, no dependency resolution. The installer is uv (lock/uv.txt, itself
+# hash-checked, fetched by the runner's pip): a cold set-up takes about two seconds, where
+# `python -m venv` + `pip install` took eight to ten. The job's uv and pip settings cannot
+# change what is installed (-I, --no-config, behaviour variables unset); an index or mirror
+# they name is still used to download, which the hashes make safe.
 #
 # Only the action's code runs here: every Python start is isolated (-I), so neither the
-# workspace (the current folder, which Python would put first on sys.path: a `venv.py` or
-# `pip/` in the checkout would run) nor PYTHONPATH/PYTHONSTARTUP/PYTHONHOME steer it, and
-# the commands run from the action's folder, not the checkout.
+# workspace (the current folder, which Python would put first on sys.path) nor PYTHONPATH /
+# PYTHONSTARTUP / PYTHONHOME steer it, and the commands run from the action's folder.
 set -euo pipefail
+started=$(date +%s%N)
 action_path="${ACTION_PATH:?ACTION_PATH is not set}"
 action_path="$(cd "$action_path" && pwd -P)"
 cd "$action_path"
-# -I covers the Pythons started here, not their children: venv runs ensurepip in a
-# subprocess, which would still read PYTHONPATH (a sitecustomize.py there runs at start).
+# -I covers the Pythons started here, not their children; PYTHON* must not reach those.
 while IFS= read -r name; do unset "$name"; done < <(compgen -e | grep '^PYTHON' || true)
-python="$(command -v python3 || true)"
-if [ -z "$python" ]; then
-  echo "::error::python3 is not on this runner's PATH. Fix: use an Ubuntu runner or run actions/setup-python before this step."
+
+fail() {
+  echo "::error::$1"
   exit 1
+}
+
+python="$(command -v python3 || true)"
+[ -n "$python" ] || fail "python3 is not on this runner's PATH. Fix: use an Ubuntu runner or run actions/setup-python before this step."
+runtime_lock="$action_path/lock/runtime.txt"
+uv_lock="$action_path/lock/uv.txt"
+[ -f "$runtime_lock" ] && [ -f "$uv_lock" ] || fail "the action's lock files are missing from $action_path/lock. Fix: pin a released version of the action (a tag or its commit SHA)."
+
+temp="${RUNNER_TEMP:-/tmp}"
+# Keyed by everything that decides the environment: two refs of the action in one job do
+# not share one, and a changed lock is a new one.
+key="$(cat "$runtime_lock" "$uv_lock" "$action_path"/entrypoint/*.py | sha256sum | cut -c1-16)"
+venv="$temp/lambda-image-publish-$key"
+
+write_output() {
+  if [ -n "${GITHUB_OUTPUT:-}" ]; then
+    echo "python=$venv/bin/python" >>"$GITHUB_OUTPUT"
+  else
+    echo "python=$venv/bin/python"
+  fi
+}
+
+if [ -x "$venv/bin/python" ] && [ -f "$venv/.complete" ]; then
+  write_output
+  exit 0
 fi
-# Keyed by the package's files too: two refs of the action in one job must not share a venv.
-key="$(cat "$action_path/pyproject.toml" "$action_path"/entrypoint/*.py | sha256sum | cut -c1-16)"
-venv="${RUNNER_TEMP:-/tmp}/lambda-image-publish-$key"
-if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
+
+# The job's installer settings stay out: they could redirect the target, add packages or
+# allow source builds. Index, mirror, proxy and certificate settings stay in.
+while IFS= read -r name; do
+  case "$name" in
+    PIP_INDEX_URL | PIP_EXTRA_INDEX_URL | PIP_TRUSTED_HOST | PIP_CERT | PIP_CLIENT_CERT | PIP_PROXY | PIP_DEFAULT_TIMEOUT) ;;
+    UV_INDEX | UV_INDEX_URL | UV_DEFAULT_INDEX | UV_EXTRA_INDEX_URL | UV_NATIVE_TLS | UV_HTTP_TIMEOUT) ;;
+    *) unset "$name" ;;
+  esac
+done < <(compgen -e | grep -E '^(PIP|UV)_' || true)
+if [ -n "${PIP_INDEX_URL:-}" ] && [ -z "${UV_INDEX_URL:-}${UV_DEFAULT_INDEX:-}" ]; then
+  export UV_DEFAULT_INDEX="$PIP_INDEX_URL"
+fi
+export UV_CACHE_DIR="$temp/lambda-image-publish-uv-cache"
+log="$temp/lambda-image-publish-setup-$key.log"
+
+explain() {
+  # $1: what failed; the installer's own words are in $log.
+  local why="the index could not be reached or refused the download"
+  if grep -qiE 'hash|do not match' "$log"; then
+    why="a downloaded wheel does not match its sha256 in the lock (the index served other bytes, or the lock was edited)"
+  elif grep -qiE 'no matching distribution|not find a version|no solution|not available for|no wheels' "$log"; then
+    why="the lock has no wheel for this runner's Python ($("$python" -c 'import sys; print(sys.version.split()[0])'))"
+  fi
+  echo "Installer output:"
+  tail -n 20 "$log" | sed 's/^/  | /'
   rm -rf "$venv"
-  start=$(date +%s)
-  "$python" -I -m venv "$venv"
-  "$venv/bin/python" -I -m pip install --quiet --disable-pip-version-check "$action_path"
-  touch "$venv/.complete"
-  echo "Installed the action's Python environment in $venv ($(( $(date +%s) - start )) s)"
+  fail "$1 failed: $why. Fix: check the runner's access to the package index (or its mirror in pip/uv settings), use Python 3.10 or later, and do not edit lock/*.txt by hand (scripts/lock.py writes them)."
+}
+
+uv_home="$temp/lambda-image-publish-uv-$(sha256sum "$uv_lock" | cut -c1-16)"
+if [ ! -x "$uv_home/bin/uv" ]; then
+  rm -rf "$uv_home"
+  "$python" -I -m pip --version >/dev/null 2>&1 || fail "python3 at $python has no pip to fetch the installer with. Fix: install python3-pip, or run actions/setup-python before this step."
+  "$python" -I -m pip install --disable-pip-version-check --no-input --quiet --no-deps \
+    --require-hashes --only-binary :all: --no-compile --no-cache-dir --target "$uv_home" \
+    -r "$uv_lock" >"$log" 2>&1 || explain "installing uv (lock/uv.txt)"
 fi
-if [ -n "${GITHUB_OUTPUT:-}" ]; then
-  echo "python=$venv/bin/python" >> "$GITHUB_OUTPUT"
-else
-  echo "python=$venv/bin/python"
-fi
+uv="$uv_home/bin/uv"
+
+rm -rf "$venv"
+{
+  "$uv" venv --no-config --quiet --python "$python" "$venv" &&
+    "$uv" pip install --no-config --quiet --python "$venv/bin/python" --no-deps --require-hashes \
+      --only-binary :all: -r "$runtime_lock"
+} >"$log" 2>&1 || explain "installing the locked dependencies (lock/runtime.txt)"
+# The action's own package: copied, not built, so no build backend runs.
+site="$("$venv/bin/python" -I -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+cp -R "$action_path/entrypoint" "$site/entrypoint"
+rm -rf "$site/entrypoint/__pycache__"
+touch "$venv/.complete"
+rm -f "$log"
+echo "Set up the action's locked Python environment in $venv ($(( ($(date +%s%N) - started) / 1000000 )) ms)"
+write_output

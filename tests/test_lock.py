@@ -1,0 +1,129 @@
+"""The lock is what the action installs: it agrees with pyproject.toml, and a wheel that does
+not match its hash stops the set-up with one clear line."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from typing import TYPE_CHECKING
+
+import tomllib
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from scripts.lock import NO_DEPS, dependencies, dependencies_sha256, name_of
+from tests.support.run import REPO_ROOT, read_github_file
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+LOCK = REPO_ROOT / "lock"
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^ ;\\]+)", re.MULTILINE)
+
+
+def pins(text: str) -> dict[str, str]:
+    return {name.lower(): version for name, version in _PIN.findall(text)}
+
+
+def test_the_lock_was_made_from_the_current_dependencies() -> None:
+    for name in ("runtime.txt", "uv.txt"):
+        header = (LOCK / name).read_text().splitlines()[1]
+        assert header == f"# pyproject-dependencies-sha256: {dependencies_sha256(dependencies())}", (
+            f"lock/{name} is stale: run `python scripts/lock.py`"
+        )
+
+
+def test_every_dependency_is_locked_at_a_version_it_allows() -> None:
+    locked = pins((LOCK / "runtime.txt").read_text())
+    for line in dependencies():
+        requirement = Requirement(line)
+        name = name_of(line)
+        assert name in locked, f"{name} is in pyproject.toml but not in lock/runtime.txt"
+        assert Version(locked[name]) in requirement.specifier, f"{name}=={locked[name]} breaks {line}"
+
+
+def test_every_locked_package_has_hashes_and_nothing_unused_is_installed() -> None:
+    text = (LOCK / "runtime.txt").read_text()
+    blocks = re.split(r"\n(?=[A-Za-z])", text.split("\n", 2)[2])
+    for block in blocks:
+        assert "--hash=sha256:" in block, block
+    locked = pins(text)
+    # actions-toolkit's own dependencies that the action never imports stay out.
+    assert not {"pygithub", "pyjwt", "pynacl", "cryptography"} & set(locked)
+    assert set(NO_DEPS) <= set(locked)
+    assert list(pins((LOCK / "uv.txt").read_text())) == ["uv"]
+
+
+def test_the_dev_extra_can_run_the_lock_script() -> None:
+    dev = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert any(name_of(d) == "uv" for d in dev)
+
+
+def _action_copy(tmp: Path) -> Path:
+    """The action as a runner checks it out: the files the set-up reads."""
+    copy = tmp / "action"
+    copy.mkdir()
+    for name in ("lock", "entrypoint", "scripts"):
+        shutil.copytree(REPO_ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def _setup(action: Path, runner_temp: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "VIRTUAL_ENV"))}
+    env |= {"ACTION_PATH": str(action), "RUNNER_TEMP": str(runner_temp)}
+    env["GITHUB_OUTPUT"] = str(runner_temp / "output")
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p)
+    return subprocess.run(
+        ["bash", str(action / "scripts" / "action-python.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+def test_a_tampered_hash_fails_the_install_with_one_clear_line(tmp_path: Path) -> None:
+    action = _action_copy(tmp_path)
+    lock = action / "lock" / "runtime.txt"
+    text = lock.read_text()
+    # Every hash of six (a small, pure-Python wheel) replaced: whatever wheel is chosen mismatches.
+    six = re.search(r"^six==.*?(?=^\S)", text, re.MULTILINE | re.DOTALL)
+    assert six is not None
+    tampered = re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, six.group(0))
+    lock.write_text(text.replace(six.group(0), tampered))
+    runner_temp = tmp_path / "runner-temp"
+    runner_temp.mkdir()
+    done = _setup(action, runner_temp)
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [line for line in done.stdout.splitlines() if line.startswith("::error::")]
+    assert len(errors) == 1, done.stdout
+    assert "does not match its sha256 in the lock" in errors[0]
+    assert "installing the locked dependencies (lock/runtime.txt) failed" in errors[0]
+    # Nothing half-made is left to be mistaken for a ready environment.
+    assert not list(runner_temp.glob("lambda-image-publish-[0-9a-f]*/.complete"))
+    assert not (runner_temp / "output").exists() or "python=" not in (runner_temp / "output").read_text()
+
+
+def test_the_set_up_installs_exactly_the_lock_and_reuses_it(tmp_path: Path) -> None:
+    action = _action_copy(tmp_path)
+    runner_temp = tmp_path / "runner-temp"
+    runner_temp.mkdir()
+    first = _setup(action, runner_temp)
+    assert first.returncode == 0, first.stdout + first.stderr
+    python = read_github_file(runner_temp / "output")["python"]
+    frozen = subprocess.run(
+        [python, "-I", "-c", "import importlib.metadata as m; print('\\n'.join(sorted("
+         "f\"{d.metadata['Name'].lower()}=={d.version}\" for d in m.distributions())))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    locked = pins((action / "lock" / "runtime.txt").read_text())
+    locked.pop("pywin32")  # Windows only
+    assert sorted(frozen) == sorted(f"{n}=={v}" for n, v in locked.items())
+    (runner_temp / "output").write_text("")
+    again = _setup(action, runner_temp)
+    assert again.returncode == 0
+    assert "Set up" not in again.stdout  # reused, not reinstalled
+    assert read_github_file(runner_temp / "output")["python"] == python
