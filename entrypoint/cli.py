@@ -50,6 +50,9 @@ def _workspace(flag: str | None) -> Path:
 
 
 def run(argv: list[str]) -> None:
+    if argv in (["--help"], ["-h"]):
+        _parser().print_help()
+        return
     if not argv or argv[0].startswith("-"):
         argv = ["publish", *argv]
     args = _parser().parse_args(argv)

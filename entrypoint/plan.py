@@ -71,14 +71,20 @@ class Plan:
         return lines
 
 
+# Where CI systems put the commit being built: GitHub Actions, GitLab CI, Jenkins' git plugin.
+COMMIT_VARIABLES = ("GITHUB_SHA", "CI_COMMIT_SHA", "GIT_COMMIT")
+
+
 def resolve_commit(workspace: Path, environ: Mapping[str, str]) -> str:
-    """The full commit SHA: GITHUB_SHA on a runner, else the workspace's HEAD."""
-    sha = environ.get("GITHUB_SHA", "").strip().lower()
-    if sha:
+    """The full commit SHA: from the CI system's variable, else the workspace's HEAD."""
+    for variable in COMMIT_VARIABLES:
+        sha = environ.get(variable, "").strip().lower()
+        if not sha:
+            continue
         if not SHA_RE.fullmatch(sha):
             raise InputError(
-                f"GITHUB_SHA is '{sha}', not a full 40-character commit SHA",
-                "leave GITHUB_SHA to the runner, or set it to a full commit SHA",
+                f"{variable} is '{sha[:80]}', not a full 40-character commit SHA",
+                f"leave {variable} to the CI system, or set it to a full commit SHA",
             )
         return sha
     try:
@@ -94,13 +100,13 @@ def resolve_commit(workspace: Path, environ: Mapping[str, str]) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise InputError(
             f"cannot run git to find the commit to tag ({exc})",
-            "install git, or set GITHUB_SHA to the commit being published",
+            "install git, or set GITHUB_SHA (or CI_COMMIT_SHA, GIT_COMMIT) to the commit being published",
         ) from exc
     sha = done.stdout.strip()
     if done.returncode != 0 or not SHA_RE.fullmatch(sha):
         raise InputError(
             f"cannot find the commit to tag: {workspace} is not a git checkout with a commit",
-            "run in a checkout (actions/checkout), or set GITHUB_SHA",
+            "run in a checkout (actions/checkout), or set GITHUB_SHA (or CI_COMMIT_SHA, GIT_COMMIT)",
         )
     return sha
 

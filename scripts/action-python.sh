@@ -99,7 +99,8 @@ rm -rf "$venv"
 # The action's own package: copied, not built, so no build backend runs.
 site="$("$venv/bin/python" -I -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 cp -R "$action_path/entrypoint" "$site/entrypoint"
-rm -rf "$site/entrypoint/__pycache__"
+# actions-toolkit's wheel ships its tests as a top-level package; nothing should import it.
+rm -rf "$site/entrypoint/__pycache__" "$site/tests"
 touch "$venv/.complete"
 rm -f "$log"
 echo "Set up the action's locked Python environment in $venv ($(( ($(date +%s%N) - started) / 1000000 )) ms)"

@@ -78,7 +78,11 @@ def run_entrypoint(
     summary = tmp / "step_summary"
     for path in (output, summary):
         path.write_text("")
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_"))}
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GITHUB_", "INPUT_")) and k not in ("CI_COMMIT_SHA", "GIT_COMMIT")
+    }
     full_env = {**inherited, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     if on_runner:
         full_env |= {
