@@ -52,6 +52,10 @@ apt_install() {
 ensure_packages() {
   local missing=() p
   for p in "${APT_PACKAGES[@]}"; do
+    # GitHub's runners have Docker CE, whose packages conflict with Debian's docker.io.
+    if [ "$p" = docker.io ] && command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1; then
+      continue
+    fi
     pkg_installed "$p" || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
