@@ -16,18 +16,26 @@ mypy
 mypy tests/support
 
 echo "== actionlint"
-# actionlint checks workflows only (not composite action.yml files): every
-# .github/workflows/ directory, the examples' included.
-workflows=()
-while IFS= read -r -d '' f; do
-  workflows+=("$f")
+# actionlint checks workflows only (not composite action.yml files), project by project:
+# this repository's and each example's, since a reusable workflow (`uses: ./.github/...`)
+# is resolved from the project that holds it.
+# actionlint takes the folder holding .git as the project, so each example is linted in a
+# copy of its own that looks like a repository.
+found=0
+while IFS= read -r -d '' dir; do
+  found=1
+  project="$(dirname "$(dirname "$dir")")"
+  if [ "$project" = . ]; then
+    actionlint .github/workflows/*.y*ml
+  else
+    copy="$(mktemp -d)"
+    cp -R "$project/.github" "$copy/" && mkdir "$copy/.git"
+    (cd "$copy" && actionlint .github/workflows/*.y*ml) || { rm -rf "$copy"; exit 1; }
+    rm -rf "$copy"
+  fi
 done < <(find . \( -path ./.venv -o -path ./.stack -o -path ./.git \) -prune -o \
-  -path '*/.github/workflows/*' \( -name '*.yml' -o -name '*.yaml' \) -print0 | sort -z)
-if [ "${#workflows[@]}" -gt 0 ]; then
-  actionlint "${workflows[@]}"
-else
-  echo "no workflow files"
-fi
+  -type d -path '*/.github/workflows' -print0 | sort -z)
+[ "$found" -eq 1 ] || echo "no workflow files"
 
 echo "== pytest"
 rc=0

@@ -16,6 +16,7 @@ import docker.errors
 import pytest
 import requests
 
+from tests.support.act import action_checkout
 from tests.support.stack import (
     ECR_PASSWORD,
     ECR_USER,
@@ -156,3 +157,9 @@ def workspace(tmp_path: Path) -> Workspace:
     ws = Workspace(tmp_path / "workspace")
     ws.init()
     return ws
+
+
+@pytest.fixture(scope="session")
+def action_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The action as a runner checks it out (tracked files only), for act's --local-repository."""
+    return action_checkout(tmp_path_factory.mktemp("action"))

@@ -1,18 +1,18 @@
-"""action.yml as a runner runs it: inputs substituted into the steps, the action's own
-Python environment set up by its setup step, outputs read back from GITHUB_OUTPUT."""
+"""action.yml and verify/action.yml inside consumer workflows, run by nektos/act (a real
+runner emulator): `uses: owner/lambda-image-publish@v1`, inputs, the locked set-up, job
+outputs passed to a second job, and the verify gate there."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
 import yaml
 
 from entrypoint.inputs import PUBLISH_INPUTS
-from tests.support.composite import run_composite, runner_environment
-from tests.support.stack import STACK_DIR
+from tests.support.act import CHECKOUT, consumer
 
 if TYPE_CHECKING:
     from tests.conftest import MakeRepository
@@ -20,14 +20,6 @@ if TYPE_CHECKING:
     from tests.support.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def runner_temp() -> Path:
-    # Shared across tests and runs, as the action's venv cache is meant to be within a job.
-    path = STACK_DIR / "runner-temp"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def test_action_declares_every_input_the_entrypoint_reads() -> None:
@@ -48,13 +40,13 @@ def test_gha_cache_mode_exposes_the_runtime_token_only_when_asked() -> None:
         assert name in step["with"]["script"]
 
 
-def test_action_publishes_and_its_outputs_reach_the_job(
+def test_publish_then_verify_in_a_consumer_workflow(
     workspace: Workspace,
     busybox_base: str,
     registry: Registry,
     ecr_repository: MakeRepository,
     aws_env: dict[str, str],
-    runner_temp: Path,
+    action_dir: Path,
     tmp_path: Path,
 ) -> None:
     repo = ecr_repository()
@@ -62,75 +54,120 @@ def test_action_publishes_and_its_outputs_reach_the_job(
         {
             "service/Dockerfile": (
                 f'FROM {busybox_base}\nARG NAME\nRUN echo "$NAME" > /name\nCMD ["cat", "/name"]\n'
-            ),
+            )
         },
         "service",
     )
-    run = run_composite(
-        ROOT,
-        {
-            "env": "prod",
-            "region": "eu-west-2",
-            "dockerfile": "service/Dockerfile",
-            "repository": repo,
-            "registry": registry.host,
-            "build-args": "NAME=composite",
-            "tags": "v1.2.3",
-        },
-        workspace=workspace.path,
-        runner_temp=runner_temp,
-        env=runner_environment(aws_env | {"GITHUB_SHA": workspace.head}),
-        step_dir=tmp_path,
+    run = consumer(
+        workspace,
+        tmp_path,
+        f"""\
+        name: deploy
+        on: push
+        jobs:
+          build:
+            runs-on: ubuntu-latest
+            outputs:
+              digest: ${{{{ steps.publish.outputs.digest }}}}
+              image-uri: ${{{{ steps.publish.outputs.image-uri }}}}
+              repository: ${{{{ steps.publish.outputs.repository }}}}
+              tags: ${{{{ steps.publish.outputs.tags }}}}
+            steps:
+              - uses: {CHECKOUT}
+              - id: publish
+                uses: owner/lambda-image-publish@v1
+                with:
+                  env: prod
+                  region: eu-west-2
+                  dockerfile: service/Dockerfile
+                  repository: {repo}
+                  registry: {registry.host}
+                  build-args: NAME=act
+                  tags: v1.2.3
+          gate:
+            needs: build
+            runs-on: ubuntu-latest
+            steps:
+              - env:
+                  TAGS: ${{{{ needs.build.outputs.tags }}}}
+                run: |
+                  echo "OUT digest=${{{{ needs.build.outputs.digest }}}}"
+                  echo "OUT image-uri=${{{{ needs.build.outputs.image-uri }}}}"
+                  echo "OUT repository=${{{{ needs.build.outputs.repository }}}}"
+                  echo "OUT tags=$(echo "$TAGS" | tr '\\n' ' ')"
+              - id: verify
+                uses: owner/lambda-image-publish/verify@v1
+                with:
+                  image-uris: ${{{{ needs.build.outputs.image-uri }}}}
+                  region: eu-west-2
+                  registry: {registry.host}
+              - run: echo "OUT checked=${{{{ steps.verify.outputs.checked }}}}"
+        """,
+        action_dir,
+        aws_env,
     )
     assert run.code == 0, run.log
-    assert run.steps_run == ["python", "publish"]
-    digest = run.outputs["digest"]
-    assert run.outputs["image-uri"] == f"{registry.host}/{repo}@{digest}"
-    assert run.outputs["repository"] == repo
-    assert run.outputs["tags"].splitlines() == [
+    seen = run.values("gate")
+    assert "digest" in seen, run.log
+    digest = seen["digest"]
+    assert digest.startswith("sha256:")
+    assert seen["image-uri"] == f"{registry.host}/{repo}@{digest}"
+    assert seen["repository"] == repo
+    assert seen["tags"].split() == [
         f"{registry.host}/{repo}:{t}" for t in (workspace.head, "prod", "latest", "v1.2.3")
     ]
+    assert seen["checked"] == "1"
     for tag in (workspace.head, "prod", "latest", "v1.2.3"):
         assert registry.manifest(repo, tag)[0] == digest
-    # The action ran from its own venv, not from this test's interpreter.
-    python = (tmp_path / "python.output").read_text()
-    assert str(runner_temp) in python
+    # The locked set-up ran in each job (fresh runner), from the runner's temp folder.
+    assert [line for line in run.job_lines("build") if line.startswith("Set up the action's locked Python")]
+    assert run.commands("build", "error") == [] and run.commands("gate", "error") == []
 
 
-def test_action_failure_fails_the_step_with_one_error(
-    workspace: Workspace, aws_env: dict[str, str], runner_temp: Path, tmp_path: Path
+def test_a_failing_publish_fails_the_job_with_one_error(
+    workspace: Workspace, aws_env: dict[str, str], action_dir: Path, tmp_path: Path
 ) -> None:
-    run = run_composite(
-        ROOT,
-        {"env": "prod", "region": "eu-west-2", "dockerfile": "nope/Dockerfile"},
-        workspace=workspace.path,
-        runner_temp=runner_temp,
-        env=runner_environment(aws_env),
-        step_dir=tmp_path,
+    run = consumer(
+        workspace,
+        tmp_path,
+        f"""\
+        name: deploy
+        on: push
+        jobs:
+          build:
+            runs-on: ubuntu-latest
+            steps:
+              - uses: {CHECKOUT}
+              - uses: owner/lambda-image-publish@v1
+                with:
+                  env: prod
+                  region: eu-west-2
+                  dockerfile: nope/Dockerfile
+              - run: echo "OUT reached=yes"
+        """,
+        action_dir,
+        aws_env,
     )
-    assert run.code == 2
-    errors = [line for line in run.log.splitlines() if line.startswith("::error::")]
-    assert errors == [
-        "::error::Dockerfile 'nope/Dockerfile' does not exist (looked for "
-        f"{workspace.path}/nope/Dockerfile). Fix: check the 'dockerfile' input, and that "
-        "actions/checkout ran before this step."
-    ]
+    assert run.code != 0
+    errors = run.commands("build", "error")
+    assert len(errors) == 1, run.log
+    assert errors[0].startswith("Dockerfile 'nope/Dockerfile' does not exist (looked for ")
+    assert "Fix: check the 'dockerfile' input, and that actions/checkout ran before this step." in errors[0]
+    assert run.values("build") == {}  # the job stopped at the failing step
 
 
-def test_required_inputs_are_enforced_like_the_runner(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="Input required and not supplied: region"):
-        run_composite(
-            ROOT,
-            {"env": "prod", "dockerfile": "Dockerfile"},
-            workspace=tmp_path,
-            runner_temp=tmp_path,
-            env={},
-            step_dir=tmp_path,
+def test_workflows_are_clean_under_actionlint(tmp_path: Path) -> None:
+    projects = sorted(
+        p.parent.parent for p in ROOT.glob("**/.github/workflows") if not {".stack", ".venv"} & set(p.parts)
+    )
+    assert ROOT in projects and ROOT / "examples" / "sse-streaming-lambda" in projects
+    for number, project in enumerate(projects):
+        # actionlint takes the folder holding .git as the project (reusable workflows resolve there).
+        copy = tmp_path / str(number)
+        shutil.copytree(project / ".github", copy / ".github")
+        (copy / ".git").mkdir()
+        workflows = sorted(str(p.relative_to(copy)) for p in (copy / ".github" / "workflows").glob("*.yml"))
+        done = subprocess.run(
+            ["actionlint", *workflows], cwd=copy, capture_output=True, text=True, check=False
         )
-
-
-def test_workflows_are_clean_under_actionlint() -> None:
-    workflows = sorted(str(p) for p in ROOT.glob("**/.github/workflows/*.yml") if ".stack" not in p.parts)
-    assert workflows, "no workflow files found"
-    done = subprocess.run(["actionlint", *workflows], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+        assert done.returncode == 0, f"{project}: {done.stdout}{done.stderr}"

@@ -25,7 +25,7 @@ import yaml
 from entrypoint.buildkit import Builder, BuilderSettings, builder_settings, create_command
 from entrypoint.errors import RegistryError
 from entrypoint.registry import CredentialScope, RegistryClient, Transport
-from tests.support.composite import run_composite, runner_environment
+from tests.support.act import CHECKOUT, consumer
 from tests.support.fakehttp import FakeHttp, Reply, Request
 from tests.support.run import REGION, REPO_ROOT, Run, run_entrypoint
 from tests.support.run import publish as publish_in
@@ -90,6 +90,7 @@ def test_workspace_python_files_never_run_in_the_action(
     registry: Registry,
     ecr_repository: MakeRepository,
     aws_env: dict[str, str],
+    action_dir: Path,
     tmp_path: Path,
 ) -> None:
     """A checkout with boto3.py, venv.py, pip/ and friends at its root, PYTHONPATH and
@@ -99,34 +100,36 @@ def test_workspace_python_files_never_run_in_the_action(
     files = {path: f"open({str(markers / name)!r}, 'w').write('ran')\n" for path, name in HIJACKS.items()}
     files["Dockerfile"] = f'FROM {busybox_base}\nCMD ["true"]\n'
     workspace.commit_files(files, "hostile checkout")
-    runner_temp = tmp_path / "runner-temp"  # a fresh runner: the set-up really runs
-    runner_temp.mkdir()
-    steps = tmp_path / "steps"
-    steps.mkdir()
-    env = runner_environment(
-        {
-            **aws_env,
-            "GITHUB_SHA": workspace.head,
-            "PYTHONPATH": str(workspace.path),
-            "PYTHONSTARTUP": str(workspace.path / "startup.py"),
-        }
-    )
-    run = run_composite(
-        REPO_ROOT,
-        {
-            "env": "preprod",
-            "region": REGION,
-            "dockerfile": "Dockerfile",
-            "repository": ecr_repository(),
-            "registry": registry.host,
-        },
-        workspace=workspace.path,
-        runner_temp=runner_temp,
-        env=env,
-        step_dir=steps,
+    repo = ecr_repository()
+    run = consumer(
+        workspace,
+        tmp_path,
+        f"""\
+        name: deploy
+        on: push
+        jobs:
+          build:
+            runs-on: ubuntu-latest
+            env:
+              PYTHONPATH: ${{{{ github.workspace }}}}
+              PYTHONSTARTUP: ${{{{ github.workspace }}}}/startup.py
+            steps:
+              - uses: {CHECKOUT}
+              - id: publish
+                uses: owner/lambda-image-publish@v1
+                with:
+                  env: preprod
+                  region: {REGION}
+                  dockerfile: Dockerfile
+                  repository: {repo}
+                  registry: {registry.host}
+              - run: echo "OUT digest=${{{{ steps.publish.outputs.digest }}}}"
+        """,
+        action_dir,
+        aws_env,
     )
     assert run.code == 0, run.log
-    assert run.outputs["digest"].startswith("sha256:")
+    assert run.values("build")["digest"].startswith("sha256:")
     assert sorted(p.name for p in markers.iterdir()) == []
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +15,10 @@ from entrypoint.cli import main
 from entrypoint.inputs import read_raw
 from entrypoint.verify import VERIFY_INPUTS, images_in_plan, parse_image_uri, parse_verify
 from tests.lambda_images import Images
-from tests.support.composite import run_composite, runner_environment
+from tests.support.act import CHECKOUT, consumer
 from tests.support.oci import push_index_with_attestation
 from tests.support.run import Run, run_entrypoint
-from tests.support.stack import STACK_DIR, free_port
+from tests.support.stack import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
     from tests.support.stack import Registry
+    from tests.support.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 REGION = "eu-west-2"
@@ -430,34 +430,42 @@ def test_nothing_to_verify_is_an_input_error(tmp_path: Path) -> None:
     ]
 
 
-def test_composite_action_runs_the_gate(
-    registry: Registry, aws_env: dict[str, str], pushed: str, tmp_path: Path
+def test_the_verify_action_gates_a_plan_in_a_consumer_workflow(
+    registry: Registry,
+    aws_env: dict[str, str],
+    pushed: str,
+    workspace: Workspace,
+    action_dir: Path,
+    tmp_path: Path,
 ) -> None:
-    workspace = tmp_path / "workspace"
-    (workspace / "terraform").mkdir(parents=True)
+    (workspace.path / "terraform").mkdir()
     write_plan(
-        workspace / "terraform" / "plan.json",
+        workspace.path / "terraform" / "plan.json",
         [change("aws_lambda_function.api", ["create"], function(f"{ECR_HOST}/verify/app@{pushed}"))],
     )
-    # The action's venv is cached by pyproject.toml alone (fine on a runner, where the
-    # source cannot change within a job); here the source changes between runs, so the
-    # cache folder is keyed by it too.
-    sources = hashlib.sha256()
-    for path in sorted((ROOT / "entrypoint").glob("*.py")):
-        sources.update(path.read_bytes())
-    runner_temp = STACK_DIR / "runner-temp" / f"verify-{sources.hexdigest()[:12]}"
-    for stale in runner_temp.parent.glob("verify-*"):
-        if stale != runner_temp:
-            shutil.rmtree(stale, ignore_errors=True)
-    runner_temp.mkdir(parents=True, exist_ok=True)
-    run = run_composite(
-        ROOT / "verify",
-        {"plan": "terraform/plan.json", "region": REGION, "registry": registry.host},
-        workspace=workspace,
-        runner_temp=runner_temp,
-        env=runner_environment(aws_env),
-        step_dir=tmp_path,
+    workspace.commit("plan")
+    run = consumer(
+        workspace,
+        tmp_path,
+        f"""\
+        name: gate
+        on: push
+        jobs:
+          plan:
+            runs-on: ubuntu-latest
+            steps:
+              - uses: {CHECKOUT}
+              - id: verify
+                uses: owner/lambda-image-publish/verify@v1
+                with:
+                  plan: terraform/plan.json
+                  region: {REGION}
+                  registry: {registry.host}
+              - run: echo "OUT checked=${{{{ steps.verify.outputs.checked }}}}"
+        """,
+        action_dir,
+        aws_env,
     )
     assert run.code == 0, run.log
-    assert run.steps_run == ["python", "verify"]
-    assert run.outputs == {"checked": "1"}
+    assert run.values("plan") == {"checked": "1"}
+    assert run.commands("plan", "error") == []
