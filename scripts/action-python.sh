@@ -83,10 +83,12 @@ explain() {
 uv_home="$temp/lambda-image-publish-uv-$(sha256sum "$uv_lock" | cut -c1-16)"
 if [ ! -x "$uv_home/bin/uv" ]; then
   rm -rf "$uv_home"
-  "$python" -I -m pip --version >/dev/null 2>&1 || fail "python3 at $python has no pip to fetch the installer with. Fix: install python3-pip, or run actions/setup-python before this step."
-  "$python" -I -m pip install --disable-pip-version-check --no-input --quiet --no-deps \
+  if ! "$python" -I -m pip install --disable-pip-version-check --no-input --quiet --no-deps \
     --require-hashes --only-binary :all: --no-compile --no-cache-dir --target "$uv_home" \
-    -r "$uv_lock" >"$log" 2>&1 || explain "installing uv (lock/uv.txt)"
+    -r "$uv_lock" >"$log" 2>&1; then
+    grep -q "No module named pip" "$log" && fail "python3 at $python has no pip to fetch the installer with. Fix: install python3-pip, or run actions/setup-python before this step."
+    explain "installing uv (lock/uv.txt)"
+  fi
 fi
 uv="$uv_home/bin/uv"
 
@@ -94,13 +96,16 @@ rm -rf "$venv"
 {
   "$uv" venv --no-config --quiet --python "$python" "$venv" &&
     "$uv" pip install --no-config --quiet --python "$venv/bin/python" --no-deps --require-hashes \
-      --only-binary :all: -r "$runtime_lock"
+      --only-binary :all: --compile-bytecode -r "$runtime_lock"
 } >"$log" 2>&1 || explain "installing the locked dependencies (lock/runtime.txt)"
 # The action's own package: copied, not built, so no build backend runs.
 site="$("$venv/bin/python" -I -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 cp -R "$action_path/entrypoint" "$site/entrypoint"
 # actions-toolkit's wheel ships its tests as a top-level package; nothing should import it.
 rm -rf "$site/entrypoint/__pycache__" "$site/tests"
+# Bytecode at set-up (uv's --compile-bytecode above, on every core), not at the first import,
+# one module at a time.
+"$venv/bin/python" -I -m compileall -q "$site/entrypoint" >/dev/null
 touch "$venv/.complete"
 rm -f "$log"
 echo "Set up the action's locked Python environment in $venv ($(( ($(date +%s%N) - started) / 1000000 )) ms)"
