@@ -98,14 +98,17 @@ rm -rf "$venv"
     "$uv" pip install --no-config --quiet --python "$venv/bin/python" --no-deps --require-hashes \
       --only-binary :all: --compile-bytecode -r "$runtime_lock"
 } >"$log" 2>&1 || explain "installing the locked dependencies (lock/runtime.txt)"
-# The action's own package: copied, not built, so no build backend runs.
-site="$("$venv/bin/python" -I -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
-cp -R "$action_path/entrypoint" "$site/entrypoint"
-# actions-toolkit's wheel ships its tests as a top-level package; nothing should import it.
-rm -rf "$site/entrypoint/__pycache__" "$site/tests"
-# Bytecode at set-up (uv's --compile-bytecode above, on every core), not at the first import,
-# one module at a time.
-"$venv/bin/python" -I -m compileall -q "$site/entrypoint" >/dev/null
+# The action's own package: copied, not built, so no build backend runs; compiled here like
+# the locked packages (uv's --compile-bytecode, on every core) rather than at the first
+# import. actions-toolkit's wheel ships its tests as a top-level package: removed.
+"$venv/bin/python" -I - "$action_path/entrypoint" <<'PYTHON'
+import compileall, shutil, sys, sysconfig
+from pathlib import Path
+site = Path(sysconfig.get_path("purelib"))
+shutil.copytree(sys.argv[1], site / "entrypoint", ignore=shutil.ignore_patterns("__pycache__"))
+shutil.rmtree(site / "tests", ignore_errors=True)
+compileall.compile_dir(site / "entrypoint", quiet=1)
+PYTHON
 touch "$venv/.complete"
 rm -f "$log"
 echo "Set up the action's locked Python environment in $venv ($(( ($(date +%s%N) - started) / 1000000 )) ms)"
