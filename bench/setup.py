@@ -207,7 +207,8 @@ def render(
             "whole action under act, fresh runner, unchanged republish",
             f"{med(whole):.2f}",
             "",
-            "set-up included",
+            f"set-up step {med(steps[SETUP_STEP]):.2f} s + publish step {med(steps[PUBLISH_STEP]):.2f} s "
+            "+ act's handling of the steps",
         ),
     ]
     lines = [
