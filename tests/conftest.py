@@ -163,3 +163,16 @@ def workspace(tmp_path: Path) -> Workspace:
 def action_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The action as a runner checks it out (tracked files only), for act's --local-repository."""
     return action_checkout(tmp_path_factory.mktemp("action"))
+
+
+@pytest.fixture
+def app(workspace: Workspace, busybox_base: str) -> Workspace:
+    """The workspace with a small busybox app committed: a Dockerfile that copies app.txt."""
+    workspace.commit_files(
+        {
+            "Dockerfile": f'FROM {busybox_base}\nCOPY app.txt /app.txt\nCMD ["cat", "/app.txt"]\n',
+            "app.txt": "v1\n",
+        },
+        "app",
+    )
+    return workspace

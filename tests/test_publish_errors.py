@@ -23,18 +23,6 @@ if TYPE_CHECKING:
     from tests.support.workspace import Workspace
 
 
-@pytest.fixture
-def app(workspace: Workspace, busybox_base: str) -> Workspace:
-    workspace.commit_files(
-        {
-            "Dockerfile": f'FROM {busybox_base}\nCOPY app.txt /app.txt\nCMD ["cat", "/app.txt"]\n',
-            "app.txt": "v1\n",
-        },
-        "app",
-    )
-    return workspace
-
-
 def publish(
     ws: Workspace,
     host: str,

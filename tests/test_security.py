@@ -53,18 +53,6 @@ def never(request: Request, server: FakeHttp) -> Reply:
     return Reply(500, b"this host should never have been asked")
 
 
-@pytest.fixture
-def app(workspace: Workspace, busybox_base: str) -> Workspace:
-    workspace.commit_files(
-        {
-            "Dockerfile": f'FROM {busybox_base}\nCOPY app.txt /app.txt\nCMD ["cat", "/app.txt"]\n',
-            "app.txt": "v1\n",
-        },
-        "app",
-    )
-    return workspace
-
-
 # --------------------------------------------------------------- only our code runs
 
 
