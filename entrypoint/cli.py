@@ -57,6 +57,7 @@ def run(argv: list[str]) -> None:
         argv = ["publish", *argv]
     args = _parser().parse_args(argv)
     flags = vars(args)
+    github.check_runner_files()
     if args.command == "verify":
         checked = verify(parse_verify(read_raw(VERIFY_INPUTS, flags), _workspace(args.workspace)))
         # Outputs and summary first: a failing gate still reports what it checked.

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 from actions_toolkit import core
 
+from entrypoint.errors import ActionError
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
@@ -151,7 +153,9 @@ def set_outputs(outputs: Mapping[str, str]) -> None:
     Multi-line values use the same `name<<DELIMITER` form the runner reads, so the
     printed block can be pasted into a GITHUB_OUTPUT file as it is.
     """
-    if os.environ.get("GITHUB_OUTPUT"):
+    path = os.environ.get("GITHUB_OUTPUT")
+    if path:
+        _require_runner_file("GITHUB_OUTPUT", path)
         for name, value in outputs.items():
             core.set_output(name, value)
         return
@@ -165,8 +169,30 @@ def set_outputs(outputs: Mapping[str, str]) -> None:
 def write_summary(markdown: str) -> None:
     path = os.environ.get("GITHUB_STEP_SUMMARY")
     if path:
+        _require_runner_file("GITHUB_STEP_SUMMARY", path)
         with Path(path).open("a", encoding="utf-8") as summary:
             summary.write(markdown.rstrip("\n") + "\n")
+
+
+def check_runner_files() -> None:
+    """Before any side effect: the files the outputs and summary go to must be writable, so
+    a run does not push an image and then fail to say where it is."""
+    for variable in ("GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"):
+        path = os.environ.get(variable)
+        if path:
+            _require_runner_file(variable, path)
+
+
+def _require_runner_file(variable: str, path: str) -> None:
+    """The runner creates these files for each step; one that is missing or not writable is
+    a broken runner or a variable set by hand, and deserves one line, not a traceback."""
+    target = Path(path)
+    if not target.is_file() or not os.access(target, os.W_OK):
+        raise ActionError(
+            f"{variable} names {path}, which is {'not writable' if target.is_file() else 'not a file'}",
+            f"leave {variable} to the runner (it creates the file for each step), or unset it "
+            "outside GitHub Actions to have the values printed",
+        )
 
 
 # The Markdown and HTML that could break out of a cell: as numeric character references

@@ -105,8 +105,29 @@ def parse_invoke_mode(value: str | None, name: str = "invoke-mode") -> str | Non
     return mode
 
 
-def check_image(facts: ImageFacts, platform: str, invoke_mode: str | None) -> list[Violation]:
-    """Every Lambda rule the image breaks, in the order Lambda would meet them."""
+@dataclass(frozen=True)
+class FunctionSetting:
+    """What the function itself sets for the adapter's invoke mode (its `environment`), as
+    far as anyone knows: publish does not know the function; verify reads it from the plan."""
+
+    known: bool = False
+    value: str | None = None  # AWS_LWA_INVOKE_MODE in the function's environment, if set
+    where: str = ""  # e.g. "aws_lambda_function.api's environment in the plan"
+
+
+UNKNOWN_FUNCTION = FunctionSetting()
+
+
+def check_image(
+    facts: ImageFacts,
+    platform: str,
+    invoke_mode: str | None,
+    function: FunctionSetting = UNKNOWN_FUNCTION,
+) -> list[Violation]:
+    """Every Lambda rule the image breaks, in the order Lambda would meet them.
+
+    `invoke_mode` is what the function URL needs; `function` says whether the function's
+    own environment sets the adapter's mode (it wins over the image's ENV, as in Lambda)."""
     if platform not in LAMBDA_PLATFORMS:
         raise InputError(
             f"platform '{platform}' is not one Lambda runs",
@@ -165,7 +186,7 @@ def check_image(facts: ImageFacts, platform: str, invoke_mode: str | None) -> li
                 "and take the handler as CMD; with the Lambda Web Adapter, CMD starts the web server",
             )
         )
-    adapter = _adapter_violation(facts, mode)
+    adapter = _adapter_violation(facts, mode, function)
     if adapter:
         found.append(adapter)
     return found
@@ -200,29 +221,60 @@ def _manifest_violation(facts: ImageFacts) -> Violation | None:
     return None
 
 
-def _adapter_violation(facts: ImageFacts, mode: str | None) -> Violation | None:
-    """The Lambda Web Adapter must use the invoke mode the function URL is configured with."""
+def _adapter_setting(facts: ImageFacts, function: FunctionSetting) -> tuple[str | None, str]:
+    """The AWS_LWA_INVOKE_MODE the adapter will run with, and where it comes from: the
+    function's environment overrides the image's ENV."""
+    if function.value is not None:
+        return function.value, function.where
+    value = facts.env.get(WEB_ADAPTER_ENV)
+    return value, "the image's ENV" if value is not None else ""
+
+
+def _adapter_violation(facts: ImageFacts, mode: str | None, function: FunctionSetting) -> Violation | None:
+    """The Lambda Web Adapter must use the invoke mode the function URL is configured with.
+
+    Unset everywhere it buffers. That is only known to be wrong when the function is known
+    (verify, from the plan); publish, which cannot see the function, gives a notice instead
+    (`invoke_mode_notice`), since deployments often set it on the function."""
     if not facts.has_web_adapter or mode is None:
         return None
-    value = facts.env.get(WEB_ADAPTER_ENV)
-    shown = f"{WEB_ADAPTER_ENV}={value}" if value is not None else f"{WEB_ADAPTER_ENV} unset"
-    if mode == "response-stream" and (value or "").lower() != "response_stream":
+    value, where = _adapter_setting(facts, function)
+    shown = f"{WEB_ADAPTER_ENV}={value} (from {where})" if value is not None else f"{WEB_ADAPTER_ENV} unset"
+    streams = (value or "").lower() == "response_stream"
+    if mode == "response-stream" and not streams and (value is not None or function.known):
+        unset_where = " in the function's environment and in the image" if value is None else ""
         return Violation(
             f"the Lambda Web Adapter must stream ({WEB_ADAPTER_ENV}=response_stream) for "
             "invoke mode response-stream",
-            f"{shown} (the adapter then buffers the whole response)",
-            f"add ENV {WEB_ADAPTER_ENV}=response_stream to the Dockerfile: a RESPONSE_STREAM "
-            "function URL needs the adapter to answer in the streaming protocol",
+            f"{shown}{unset_where} (the adapter then buffers the whole response)",
+            f"set {WEB_ADAPTER_ENV}=response_stream in the function's environment (Terraform: "
+            'environment { variables = { AWS_LWA_INVOKE_MODE = "response_stream" } }) or add '
+            f"ENV {WEB_ADAPTER_ENV}=response_stream to the Dockerfile: a RESPONSE_STREAM function "
+            "URL needs the adapter to answer in the streaming protocol",
         )
     if mode == "buffered" and value is not None and value.lower() != "buffered":
         return Violation(
             f"the Lambda Web Adapter must buffer ({WEB_ADAPTER_ENV} unset or buffered) for "
             "invoke mode buffered",
             shown,
-            f"remove {WEB_ADAPTER_ENV} from the Dockerfile, or set the function URL's "
+            f"remove {WEB_ADAPTER_ENV} from {where or 'the image'}, or set the function URL's "
             "invoke_mode to RESPONSE_STREAM and 'invoke-mode' to response-stream",
         )
     return None
+
+
+def invoke_mode_notice(facts: ImageFacts, invoke_mode: str | None) -> str | None:
+    """What publish tells a streaming image's user when the image leaves the mode to the
+    function: right if the function sets it, a silent buffering URL if not."""
+    mode = parse_invoke_mode(invoke_mode)
+    if mode != "response-stream" or not facts.has_web_adapter or WEB_ADAPTER_ENV in facts.env:
+        return None
+    return (
+        f"the image has the Lambda Web Adapter but does not set {WEB_ADAPTER_ENV}: the function "
+        f"must set {WEB_ADAPTER_ENV}=response_stream in its environment, or the adapter buffers "
+        "and the RESPONSE_STREAM function URL never streams (the verify gate checks the plan's "
+        "function for it)"
+    )
 
 
 def require_lambda_compatible(facts: ImageFacts, platform: str, invoke_mode: str | None) -> None:

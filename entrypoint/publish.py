@@ -264,6 +264,9 @@ def _check(plan: Plan, engine: Engine, image_id: str) -> None:
         facts = lambda_checks.facts_from_engine(engine.client, plan.local_image)
         lambda_checks.require_lambda_compatible(facts, inputs.platform, inputs.invoke_mode)
         github.info(f"  {facts.os}/{facts.architecture}, {facts.size / 1e6:.1f} MB, entrypoint ok")
+        notice = lambda_checks.invoke_mode_notice(facts, inputs.invoke_mode)
+        if notice:
+            github.notice(notice)
     if inputs.smoke is None:
         return
     if not engine.runs(inputs.platform):
@@ -273,7 +276,9 @@ def _check(plan: Plan, engine: Engine, image_id: str) -> None:
         )
         return
     with github.stage(f"smoke boot ({inputs.smoke.describe()})"):
-        result = smoke.smoke_boot(engine.client, image_id, inputs.smoke, inputs.smoke_timeout)
+        result = smoke.smoke_boot(
+            engine.client, image_id, inputs.smoke, inputs.smoke_timeout, region=inputs.region
+        )
         github.info(f"  {result.detail} after {result.seconds:.1f} s")
 
 

@@ -40,8 +40,6 @@ LAMBDA_ENV = {
     "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024",
     "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/smoke-boot",
     "AWS_LAMBDA_LOG_STREAM_NAME": "smoke-boot",
-    "AWS_REGION": "us-east-1",
-    "AWS_DEFAULT_REGION": "us-east-1",
     "TZ": ":UTC",
 }
 _HTTP_RE = re.compile(r"^(?:(?P<port>\d{1,5}))?(?P<path>/\S*)?$")
@@ -97,14 +95,15 @@ def parse_smoke(value: str, name: str = "smoke") -> SmokeSpec | None:
 
 
 def smoke_boot(
-    client: docker.DockerClient, image: str, spec: SmokeSpec, timeout_s: float = 30.0
+    client: docker.DockerClient, image: str, spec: SmokeSpec, timeout_s: float = 30.0, *, region: str
 ) -> SmokeResult:
     """Run `image` with the probe's port on 127.0.0.1 until it answers, exits, or time runs out."""
     try:
         container = client.containers.create(
             image,
             detach=True,
-            environment=LAMBDA_ENV,
+            # The function's own region, as Lambda sets it: apps read it to pick endpoints.
+            environment={**LAMBDA_ENV, "AWS_REGION": region, "AWS_DEFAULT_REGION": region},
             # An empty host port lets the engine pick a free one; loopback keeps it private.
             ports={f"{spec.port}/tcp": ("127.0.0.1", None)},
             labels={"lambda-image-publish.purpose": "smoke-boot"},

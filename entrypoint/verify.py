@@ -13,17 +13,24 @@ plan does deploy but cannot name (unknown until apply) fails it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from entrypoint import github
 from entrypoint.ecr import Ecr
 from entrypoint.errors import InputError, RegistryError, VerifyError
 from entrypoint.inputs import DEFAULT_PLATFORM, PLATFORMS, parse_region, parse_registry, path_in
-from entrypoint.lambda_checks import check_image, facts_from_registry, parse_invoke_mode
+from entrypoint.lambda_checks import (
+    UNKNOWN_FUNCTION,
+    FunctionSetting,
+    ImageFacts,
+    check_image,
+    facts_from_registry,
+    parse_invoke_mode,
+)
 from entrypoint.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE
 from entrypoint.registry import CredentialScope, RegistryClient, Transport
+from entrypoint.tfplan import PlanImages, PlannedImage, images_in_plan, load_plan
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -32,7 +39,6 @@ if TYPE_CHECKING:
     from entrypoint.ecr import RegistryLogin
 
 VERIFY_INPUTS = ("image-uris", "plan", "region", "registry", "platform", "invoke-mode")
-DEPLOYING_ACTIONS = ("create", "update")
 
 OK = "ok"
 MISSING = "missing"
@@ -115,108 +121,6 @@ def parse_verify(raw: Mapping[str, str], workspace: Path) -> VerifyInputs:
         platform=platform,
         invoke_mode=parse_invoke_mode(raw.get("invoke-mode", "")),
     )
-
-
-# -------------------------------------------------------------------------------- plan
-
-
-@dataclass(frozen=True)
-class PlannedImage:
-    address: str
-    image_uri: str | None
-    unknown: bool
-
-
-@dataclass(frozen=True)
-class PlanImages:
-    deployed: tuple[PlannedImage, ...]
-    # Image functions the plan leaves alone or deletes: nothing new runs there.
-    not_deployed: tuple[str, ...]
-    other_functions: int
-
-
-def load_plan(path: Path) -> dict[str, Any]:
-    """The plan as JSON, or an `InputError` that says what the file is instead."""
-    data = path.read_bytes()
-    fix = "convert the saved plan with terraform show -json tfplan > plan.json and pass that file"
-    if data.startswith(b"PK"):
-        raise InputError(f"plan file '{path}' is a binary Terraform plan, not JSON", fix)
-    try:
-        plan = json.loads(data)
-    except ValueError as exc:
-        first = data.lstrip().split(b"\n", 1)[0]
-        if first.startswith(b'{"@level"'):
-            raise InputError(
-                f"plan file '{path}' is the log stream of terraform plan -json, not a plan", fix
-            ) from exc
-        raise InputError(f"plan file '{path}' is not JSON ({exc})", fix) from exc
-    if not isinstance(plan, dict) or "format_version" not in plan:
-        raise InputError(f"plan file '{path}' is JSON but not a Terraform plan (no format_version)", fix)
-    if "planned_values" not in plan and "resource_changes" not in plan:
-        what = "a state (terraform show -json without a plan file)" if "values" in plan else "not a plan"
-        raise InputError(f"plan file '{path}' is {what}", fix)
-    if plan.get("errored"):
-        raise InputError(
-            f"plan file '{path}' is a plan that errored, so it would apply nothing",
-            "fix the errors terraform plan reported and plan again",
-        )
-    return plan
-
-
-def images_in_plan(plan: Mapping[str, Any]) -> PlanImages:
-    """The Image functions the plan creates or updates, and the image each will run.
-
-    `resource_changes` is one flat list in which child modules' resources carry their
-    full address (module.app.aws_lambda_function.this), so one pass sees them all.
-    """
-    deployed: list[PlannedImage] = []
-    not_deployed: list[str] = []
-    others = 0
-    for entry in plan.get("resource_changes") or []:
-        if not isinstance(entry, dict) or entry.get("type") != "aws_lambda_function":
-            continue
-        if entry.get("mode", "managed") != "managed":
-            continue
-        address = str(entry.get("address", "aws_lambda_function.?"))
-        change = entry.get("change") or {}
-        after = change.get("after") or {}
-        before = change.get("before") or {}
-        package_type = after.get("package_type") or before.get("package_type") or "Zip"
-        if package_type != "Image":
-            others += 1
-            continue
-        if not any(action in DEPLOYING_ACTIONS for action in change.get("actions") or []):
-            not_deployed.append(address)
-            continue
-        after_unknown = change.get("after_unknown")
-        unknown = after_unknown is True or (
-            isinstance(after_unknown, dict) and after_unknown.get("image_uri") is True
-        )
-        uri = after.get("image_uri")
-        _require_printable(address, "address", address)
-        if isinstance(uri, str):
-            _require_printable(address, "image_uri", uri)
-        deployed.append(
-            PlannedImage(
-                address=address, image_uri=str(uri) if uri and not unknown else None, unknown=unknown
-            )
-        )
-    return PlanImages(deployed=tuple(deployed), not_deployed=tuple(not_deployed), other_functions=others)
-
-
-def _require_printable(address: str, what: str, value: str) -> None:
-    """Plans come from Terraform code a pull request can change; a control character in a
-    value the gate prints could start a line the runner reads as a command."""
-    if all(ch.isprintable() for ch in value):
-        return
-    raise InputError(
-        f"the plan's {what} '{_escaped(value)}' (resource '{_escaped(address)}') holds control characters",
-        "Terraform writes none there: check where the plan file comes from and the value that sets it",
-    )
-
-
-def _escaped(value: str) -> str:
-    return value.encode("unicode_escape").decode()[:200]
 
 
 # ----------------------------------------------------------------------------- images
@@ -324,28 +228,42 @@ def _short_digest(image: str) -> str:
     return f"{name}@sha256:{digest[:12]}…" if at else image
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """One image to look up, and what its function needs of it."""
+
+    source: str
+    image: str
+    key: _Key
+    invoke_mode: str | None  # what the function URL (or the input) needs
+    function: FunctionSetting = UNKNOWN_FUNCTION
+    url: str = ""  # the function URL's address, when the mode comes from one
+
+
 def verify(inputs: VerifyInputs) -> VerifyReport:
     report = VerifyReport()
-    # (source, image URI or a finding made without the registry), in the order given.
-    wanted: list[tuple[str, str | Finding]] = [("image-uris", uri) for uri in inputs.image_uris]
+    # (source, image URI or a finding made without the registry, the planned function).
+    wanted: list[tuple[str, str | Finding, PlannedImage | None]] = [
+        ("image-uris", uri, None) for uri in inputs.image_uris
+    ]
     if inputs.plan is not None:
         with github.stage(f"read the plan {inputs.plan.name}"):
             planned = images_in_plan(load_plan(inputs.plan))
             for item in planned.deployed:
                 if item.unknown:
                     found = Finding(item.address, "(known after apply)", UNKNOWN, UNKNOWN_DETAIL, UNKNOWN_FIX)
-                    wanted.append((item.address, found))
+                    wanted.append((item.address, found, item))
                 elif item.image_uri is None:
                     found = Finding(item.address, "(none)", INVALID, "has no image_uri", INVALID_FIX)
-                    wanted.append((item.address, found))
+                    wanted.append((item.address, found, item))
                 else:
-                    wanted.append((item.address, item.image_uri))
+                    wanted.append((item.address, item.image_uri, item))
             report.notes.extend(_plan_notes(planned))
             for note in report.notes:
                 github.info(f"  {note}")
 
-    rows: list[Finding | tuple[str, str, _Key]] = []
-    for source, target in wanted:
+    rows: list[Finding | _Wanted] = []
+    for source, target, function in wanted:
         if isinstance(target, Finding):
             rows.append(target)
         elif (uri := parse_image_uri(target)) is None:
@@ -353,21 +271,25 @@ def verify(inputs: VerifyInputs) -> VerifyReport:
         elif uri.digest is None:
             rows.append(Finding(source, target, UNPINNED, UNPINNED_DETAIL, UNPINNED_FIX))
         else:
-            rows.append((source, target, (inputs.registry or uri.host, uri.repository, uri.digest)))
+            key = (inputs.registry or uri.host, uri.repository, uri.digest)
+            rows.append(_wanted(inputs, source, target, key, function))
 
-    keys = list(dict.fromkeys(row[2] for row in rows if isinstance(row, tuple)))
-    results: dict[_Key, tuple[str, str, str]] = {}
+    looked_up = [row for row in rows if isinstance(row, _Wanted)]
+    keys = list(dict.fromkeys(row.key for row in looked_up))
+    facts: dict[_Key, ImageFacts | tuple[str, str, str]] = {}
     if keys:
         with github.stage("log in to Amazon ECR"):
             login = Ecr(inputs.region).login()
             github.mask(login.password)
             github.info(f"  logged in as {login.username} (registry {login.registry})")
         with github.stage(f"check {len(keys)} image(s) in the registry"):
-            results = _check_all(inputs, login, keys)
+            # Layers are read only for images some function needs an invoke mode from.
+            adapters = {row.key for row in looked_up if row.invoke_mode is not None}
+            facts = _read_all(inputs, login, keys, adapters)
     elif not rows:
         github.notice("nothing to verify: " + "; ".join(report.notes))
     report.findings = [
-        row if isinstance(row, Finding) else Finding(row[0], row[1], *results[row[2]]) for row in rows
+        row if isinstance(row, Finding) else _judge(inputs, row, facts[row.key]) for row in rows
     ]
 
     for line in report.table():
@@ -375,6 +297,16 @@ def verify(inputs: VerifyInputs) -> VerifyReport:
     for finding in report.failures:
         github.info(f"  ✘ {finding.source}: {finding.image} {finding.detail}")
     return report
+
+
+def _wanted(inputs: VerifyInputs, source: str, image: str, key: _Key, item: PlannedImage | None) -> _Wanted:
+    """The invoke mode a function needs comes from its URL in the plan; the input stands in
+    for plans (and image URIs) without one."""
+    if item is None:
+        return _Wanted(source, image, key, inputs.invoke_mode)
+    if item.url is not None:
+        return _Wanted(source, image, key, item.url.mode, item.function, item.url.address)
+    return _Wanted(source, image, key, inputs.invoke_mode, item.function)
 
 
 def _plan_notes(planned: PlanImages) -> list[str]:
@@ -389,17 +321,25 @@ def _plan_notes(planned: PlanImages) -> list[str]:
         )
     if planned.other_functions:
         notes.append(f"{planned.other_functions} Zip function(s) have no image to check")
+    streaming = [i for i in planned.deployed if i.url is not None and i.url.mode == "response-stream"]
+    if streaming:
+        notes.append(
+            "served by a RESPONSE_STREAM function URL, so their adapter must stream: "
+            + ", ".join(f"{i.address} ({i.url.address})" for i in streaming if i.url)
+        )
     return notes
 
 
-def _check_all(
-    inputs: VerifyInputs, login: RegistryLogin, keys: Iterable[_Key]
-) -> dict[_Key, tuple[str, str, str]]:
+def _read_all(
+    inputs: VerifyInputs, login: RegistryLogin, keys: Iterable[_Key], adapters: set[_Key]
+) -> dict[_Key, ImageFacts | tuple[str, str, str]]:
+    """Each image's facts from its registry, or (status, detail, fix) when it cannot be had."""
     clients: dict[str, RegistryClient | RegistryError] = {}
-    results: dict[_Key, tuple[str, str, str]] = {}
+    found: dict[_Key, ImageFacts | tuple[str, str, str]] = {}
     named = ((inputs.registry, "registry"),) if inputs.registry else ()
     scope = CredentialScope(login.registry, named)
-    for host, repository, digest in keys:
+    for key in keys:
+        host, repository, digest = key
         if host not in clients:
             # One login check per host, so an unreachable registry costs one retry budget.
             try:
@@ -411,39 +351,53 @@ def _check_all(
                 clients[host] = client
             except RegistryError as exc:
                 clients[host] = exc
-        status, detail, fix = _check_one(inputs, clients[host], repository, digest)
-        github.info(f"  {_MARK[status]} {host}/{repository}@{digest[:19]}…: {status}")
-        results[(host, repository, digest)] = (status, detail, fix)
-    return results
+        result = _read_one(inputs, clients[host], repository, digest, find_adapter=key in adapters)
+        found[key] = result
+        status = result[0] if isinstance(result, tuple) else "found"
+        github.info(f"  {host}/{repository}@{digest[:19]}…: {status}")
+    return found
 
 
-def _check_one(
-    inputs: VerifyInputs, client: RegistryClient | RegistryError, repository: str, digest: str
-) -> tuple[str, str, str]:
+def _read_one(
+    inputs: VerifyInputs,
+    client: RegistryClient | RegistryError,
+    repository: str,
+    digest: str,
+    *,
+    find_adapter: bool,
+) -> ImageFacts | tuple[str, str, str]:
     if isinstance(client, RegistryError):
         return ERROR, f"could not be checked: {client.cause}", client.fix
     try:
         if client.head_manifest(repository, digest) is None:
             return MISSING, f"is missing: {client.host}/{repository} has no manifest {digest}", MISSING_FIX
-        facts = facts_from_registry(
-            client,
-            repository,
-            digest,
-            platform=inputs.platform,
-            # Reading layers only answers the invoke-mode rule; skip it when there is none.
-            find_adapter=inputs.invoke_mode is not None,
+        return facts_from_registry(
+            client, repository, digest, platform=inputs.platform, find_adapter=find_adapter
         )
     except RegistryError as exc:
         return ERROR, f"could not be checked: {exc.cause}", exc.fix
-    violations = check_image(facts, inputs.platform, inputs.invoke_mode)
+
+
+def _judge(inputs: VerifyInputs, row: _Wanted, facts: ImageFacts | tuple[str, str, str]) -> Finding:
+    """Lambda's rules for this image as this function will run it."""
+    if isinstance(facts, tuple):
+        return Finding(row.source, row.image, *facts)
+    violations = check_image(facts, inputs.platform, row.invoke_mode, row.function)
     if violations:
-        return (
+        url = f" (served by {row.url}, invoke mode {row.invoke_mode})" if row.url else ""
+        return Finding(
+            row.source,
+            row.image,
             REFUSED,
-            "breaks Lambda's rules: " + "; ".join(f"({n}) {v.line()}" for n, v in enumerate(violations, 1)),
+            "breaks Lambda's rules"
+            + url
+            + ": "
+            + "; ".join(f"({n}) {v.line()}" for n, v in enumerate(violations, 1)),
             "; ".join(v.fix for v in violations),
         )
     size = f"{facts.size / 1024**2:.1f} MB compressed"
     adapter = {True: ", Lambda Web Adapter", False: ", no Lambda Web Adapter", None: ""}[
         facts.has_web_adapter
     ]
-    return OK, f"{facts.os}/{facts.architecture}, {size}{adapter}", ""
+    streams = ", streams" if row.invoke_mode == "response-stream" and facts.has_web_adapter else ""
+    return Finding(row.source, row.image, OK, f"{facts.os}/{facts.architecture}, {size}{adapter}{streams}")

@@ -11,10 +11,12 @@ import pytest
 from entrypoint.errors import CheckError, InputError
 from entrypoint.lambda_checks import (
     MAX_IMAGE_BYTES,
+    FunctionSetting,
     ImageFacts,
     check_image,
     facts_from_engine,
     facts_from_registry,
+    invoke_mode_notice,
     parse_invoke_mode,
     require_lambda_compatible,
 )
@@ -113,7 +115,8 @@ CASES: list[tuple[str, ImageFacts, str, str | None, list[str]]] = [
         "RESPONSE_STREAM",
         [],
     ),
-    ("adapter unset for streaming", ADAPTER, "linux/amd64", "response-stream", ["must stream"]),
+    # The function may set it: publish cannot tell, so it gives a notice, not a refusal.
+    ("adapter unset for streaming", ADAPTER, "linux/amd64", "response-stream", []),
     (
         "adapter buffers for streaming",
         facts(ADAPTER, env={"AWS_LWA_INVOKE_MODE": "buffered"}),
@@ -156,6 +159,7 @@ CASES: list[tuple[str, ImageFacts, str, str | None, list[str]]] = [
             architecture="arm64",
             size=MAX_IMAGE_BYTES * 2,
             cmd=(),
+            env={"AWS_LWA_INVOKE_MODE": "buffered"},
         ),
         "linux/amd64",
         "response-stream",
@@ -218,7 +222,8 @@ def test_require_names_every_rule_in_one_line() -> None:
     assert "(2) ENTRYPOINT or CMD must be set: found neither" in line
     assert "found AWS_LWA_INVOKE_MODE=buffered" in line
     assert "Fix: (1) build with --platform linux/amd64" in line
-    assert "(3) add ENV AWS_LWA_INVOKE_MODE=response_stream" in line
+    assert "(3) set AWS_LWA_INVOKE_MODE=response_stream in the function's environment" in line
+    assert "or add ENV AWS_LWA_INVOKE_MODE=response_stream to the Dockerfile" in line
     require_lambda_compatible(GOOD, "linux/amd64", "response-stream")
 
 
@@ -344,3 +349,60 @@ def test_registry_facts_read_config_and_layers_without_pulling(
     removed = images.build(f"FROM {image}\nRUN rm /opt/extensions/lambda-adapter\n")
     gone = images.push(removed, registry, "checks/adapter", "removed")
     assert facts_from_registry(client, "checks/adapter", gone).has_web_adapter is False
+
+
+# (id, image env, what the function sets, URL mode, rules broken)
+FUNCTION_CASES = [
+    ("unset everywhere, function known", {}, FunctionSetting(known=True), "response-stream", ["must stream"]),
+    (
+        "function streams over a buffering image",
+        {"AWS_LWA_INVOKE_MODE": "buffered"},
+        FunctionSetting(known=True, value="RESPONSE_STREAM", where="the plan"),
+        "response-stream",
+        [],
+    ),
+    (
+        "function buffers over a streaming image",
+        {"AWS_LWA_INVOKE_MODE": "response_stream"},
+        FunctionSetting(known=True, value="buffered", where="the plan"),
+        "response-stream",
+        ["must stream"],
+    ),
+    (
+        "image streams, function silent",
+        {"AWS_LWA_INVOKE_MODE": "response_stream"},
+        FunctionSetting(known=True),
+        "response-stream",
+        [],
+    ),
+    (
+        "buffered URL, function streams",
+        {},
+        FunctionSetting(known=True, value="response_stream", where="the plan"),
+        "buffered",
+        ["must buffer"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("env", "function", "mode", "broken"), [c[1:] for c in FUNCTION_CASES], ids=[c[0] for c in FUNCTION_CASES]
+)
+def test_the_functions_own_setting_wins_over_the_image(
+    env: dict[str, str], function: FunctionSetting, mode: str, broken: list[str]
+) -> None:
+    found = check_image(facts(ADAPTER, env=env), "linux/amd64", mode, function)
+    assert [next(word for word in broken if word in v.rule) for v in found] == broken
+    if function.value is not None and found:
+        assert function.where in found[0].found
+
+
+def test_publish_gives_a_notice_when_the_image_leaves_the_mode_to_the_function() -> None:
+    notice = invoke_mode_notice(facts(ADAPTER), "response-stream")
+    assert notice is not None and "the function must set AWS_LWA_INVOKE_MODE=response_stream" in notice
+    assert (
+        invoke_mode_notice(facts(ADAPTER, env={"AWS_LWA_INVOKE_MODE": "RESPONSE_STREAM"}), "RESPONSE_STREAM")
+        is None
+    )
+    assert invoke_mode_notice(facts(ADAPTER), "buffered") is None
+    assert invoke_mode_notice(GOOD, "response-stream") is None  # no adapter, nothing to say

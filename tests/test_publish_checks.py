@@ -166,3 +166,34 @@ def test_buffered_invoke_mode_is_refused_for_a_streaming_adapter_image(
     )
     line = refused(run, registry, repo)
     assert "AWS_LWA_INVOKE_MODE" in line and "response_stream" in line
+
+
+def test_an_image_that_leaves_the_invoke_mode_to_the_function_is_published_with_a_notice(
+    workspace: Workspace,
+    busybox_base: str,
+    adapter_image: str,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    aws_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """SAM templates and Terraform `environment` blocks often set AWS_LWA_INVOKE_MODE on the
+    function: the image is right, and publish cannot see the function, so it says so."""
+    workspace.commit_files(
+        {
+            "Dockerfile": (
+                f"FROM {busybox_base}\n"
+                f"COPY --from={adapter_image} /lambda-adapter /opt/extensions/lambda-adapter\n"
+                'CMD ["httpd", "-f", "-p", "8080"]\n'
+            )
+        }
+    )
+    repo = ecr_repository()
+    run = publish(workspace, registry, repo, tmp_path, "--invoke-mode", "RESPONSE_STREAM")
+    assert run.code == 0, run.log
+    notices = [line for line in run.stdout.splitlines() if line.startswith("::notice::")]
+    assert any(
+        "does not set AWS_LWA_INVOKE_MODE: the function must set AWS_LWA_INVOKE_MODE=response_stream" in n
+        for n in notices
+    ), run.stdout
+    assert registry.manifest(repo, "preprod")[0] == run.outputs["digest"]

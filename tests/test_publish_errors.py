@@ -290,3 +290,15 @@ def test_docker_cli_without_buildx_is_refused_before_building(
     assert "has no buildx plugin" in line
     assert "install buildx" in line
     assert registry.tags(repo) == []
+
+
+@pytest.mark.parametrize("variable", ["GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"])
+def test_a_missing_runner_file_is_one_clear_line_before_anything_happens(
+    app: Workspace, registry: Registry, aws_env: dict[str, str], tmp_path: Path, variable: str
+) -> None:
+    missing = tmp_path / "gone" / "file"
+    run = publish(app, registry.host, "app", tmp_path, env={variable: str(missing)})
+    line = only_error(run)
+    assert f"{variable} names {missing}, which is not a file" in line
+    assert "Traceback" not in run.log
+    assert "▶ plan" not in run.stdout  # refused before the plan, so nothing was built or pushed

@@ -11,6 +11,7 @@ import pytest
 from entrypoint.errors import CheckError, InputError
 from entrypoint.smoke import RIE_PATH, SmokeSpec, parse_smoke, smoke_boot
 from tests.lambda_images import Images
+from tests.support.run import REGION
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -74,8 +75,27 @@ def httpd_image(images: Images, busybox_base: str) -> str:
     )
 
 
+def test_the_smoke_boot_runs_in_the_region_of_the_region_input(images: Images, busybox_base: str) -> None:
+    """Lambda sets AWS_REGION to the function's region; the boot gives the 'region' input."""
+    image = images.build(
+        f"FROM {busybox_base}\n"
+        "RUN mkdir /www && echo ok > /www/health\n"
+        'CMD ["sh", "-c", "test \\"$AWS_REGION/$AWS_DEFAULT_REGION\\" = eu-west-2/eu-west-2 '
+        '&& exec httpd -f -p 8080 -h /www"]\n',
+        name="smoke/region",
+    )
+    spec = SmokeSpec("http", 8080, "/health")
+    assert smoke_boot(images.client, image, spec, timeout_s=20, region="eu-west-2").detail.endswith(
+        "HTTP 200"
+    )
+    with pytest.raises(CheckError, match="exited with code 1"):
+        smoke_boot(images.client, image, spec, timeout_s=20, region="us-east-1")
+
+
 def test_http_probe_passes(images: Images, httpd_image: str, capsys: pytest.CaptureFixture[str]) -> None:
-    result = smoke_boot(images.client, httpd_image, SmokeSpec("http", 8080, "/health"), timeout_s=20)
+    result = smoke_boot(
+        images.client, httpd_image, SmokeSpec("http", 8080, "/health"), timeout_s=20, region=REGION
+    )
     assert result.detail == "GET :8080/health answered HTTP 200"
     assert result.seconds < 20
     assert "GET :8080/health answered HTTP 200 after" in capsys.readouterr().out
@@ -85,7 +105,9 @@ def test_http_probe_passes(images: Images, httpd_image: str, capsys: pytest.Capt
 def test_http_probe_fails_fast_on_a_client_error(images: Images, httpd_image: str) -> None:
     started = time.monotonic()
     with pytest.raises(CheckError) as caught:
-        smoke_boot(images.client, httpd_image, SmokeSpec("http", 8080, "/missing"), timeout_s=20)
+        smoke_boot(
+            images.client, httpd_image, SmokeSpec("http", 8080, "/missing"), timeout_s=20, region=REGION
+        )
     assert time.monotonic() - started < 10
     assert "GET :8080/missing answered HTTP 404" in caught.value.line()
     assert images.containers_of(httpd_image) == []
@@ -100,7 +122,7 @@ def test_image_that_exits_fails_with_its_code_and_log(
         name="smoke/exits",
     )
     with pytest.raises(CheckError) as caught:
-        smoke_boot(images.client, image, SmokeSpec("http", 8080, "/health"), timeout_s=20)
+        smoke_boot(images.client, image, SmokeSpec("http", 8080, "/health"), timeout_s=20, region=REGION)
     line = caught.value.line()
     assert "the container exited with code 3" in line
     assert "its last log line: boom: no config" in line
@@ -115,7 +137,7 @@ def test_image_that_never_answers_fails_within_the_timeout(images: Images, busyb
     image = images.build(f'FROM {busybox_base}\nCMD ["sleep", "3600"]\n', name="smoke/silent")
     started = time.monotonic()
     with pytest.raises(CheckError) as caught:
-        smoke_boot(images.client, image, SmokeSpec("http", 8080, "/health"), timeout_s=3)
+        smoke_boot(images.client, image, SmokeSpec("http", 8080, "/health"), timeout_s=3, region=REGION)
     took = time.monotonic() - started
     assert 3 <= took < 15
     assert "no answer in 3 s (last try: connection refused or reset)" in caught.value.line()
@@ -125,7 +147,7 @@ def test_image_that_never_answers_fails_within_the_timeout(images: Images, busyb
 def test_image_without_a_command_fails_and_leaves_nothing(images: Images, busybox_base: str) -> None:
     image = images.build("FROM scratch\nCOPY hello.txt /hello.txt\n", files={"hello.txt": "hi\n"})
     with pytest.raises(CheckError, match="could not create its container"):
-        smoke_boot(images.client, image, SmokeSpec("http", 8080, "/health"), timeout_s=3)
+        smoke_boot(images.client, image, SmokeSpec("http", 8080, "/health"), timeout_s=3, region=REGION)
     assert images.containers_of(image) == []
 
 
@@ -167,7 +189,7 @@ def rie_image(images: Images, python_base: str) -> str:
 def test_invoke_probe_posts_the_event(images: Images, rie_image: str) -> None:
     spec = parse_smoke('invoke:{"path": "/health"}')
     assert spec is not None
-    result = smoke_boot(images.client, rie_image, spec, timeout_s=30)
+    result = smoke_boot(images.client, rie_image, spec, timeout_s=30, region=REGION)
     assert result.detail == "invoke through the Runtime Interface Emulator on :8080 answered HTTP 200"
     assert images.containers_of(rie_image) == []
 
@@ -176,7 +198,7 @@ def test_invoke_probe_fails_on_a_function_error(images: Images, rie_image: str) 
     spec = parse_smoke('invoke:{"fail": true}')
     assert spec is not None
     with pytest.raises(CheckError) as caught:
-        smoke_boot(images.client, rie_image, spec, timeout_s=30)
+        smoke_boot(images.client, rie_image, spec, timeout_s=30, region=REGION)
     assert "the invoke returned a function error: KeyError: 'user'" in caught.value.line()
     assert "Runtime Interface Emulator" in caught.value.fix
     assert images.containers_of(rie_image) == []

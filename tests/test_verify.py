@@ -76,13 +76,15 @@ def function(image_uri: str | None, package_type: str = "Image") -> dict[str, An
     return after
 
 
-def write_plan(path: Path, changes: list[dict[str, Any]]) -> Path:
+def write_plan(
+    path: Path, changes: list[dict[str, Any]], configuration: list[dict[str, Any]] | None = None
+) -> Path:
     plan = {
         "format_version": "1.2",
         "terraform_version": "1.9.8",
         "planned_values": {"root_module": {}},
         "resource_changes": changes,
-        "configuration": {"root_module": {}},
+        "configuration": {"root_module": {"resources": configuration or []}},
         "complete": True,
         "errored": False,
     }
@@ -469,3 +471,130 @@ def test_the_verify_action_gates_a_plan_in_a_consumer_workflow(
     assert run.code == 0, run.log
     assert run.values("plan") == {"checked": "1"}
     assert run.commands("plan", "error") == []
+
+
+# ------------------------------------------------------- invoke mode from the plan
+
+
+def streaming_function(image_uri: str, env_mode: str | None = None, name: str = "api") -> dict[str, Any]:
+    after = function(image_uri)
+    after["function_name"] = name
+    if env_mode is not None:
+        after["environment"] = [{"variables": {"AWS_LWA_INVOKE_MODE": env_mode, "OTHER": "x"}}]
+    return after
+
+
+def url_change(
+    function_name: str, mode: str = "RESPONSE_STREAM", address: str = "aws_lambda_function_url.stream"
+) -> dict[str, Any]:
+    return change(
+        address,
+        ["create"],
+        {"function_name": function_name, "invoke_mode": mode, "authorization_type": "NONE"},
+        kind="aws_lambda_function_url",
+    )
+
+
+def url_configuration(function_address: str = "aws_lambda_function.api") -> list[dict[str, Any]]:
+    """How `terraform show -json` records `function_name = aws_lambda_function.api.function_name`."""
+    return [
+        {
+            "address": "aws_lambda_function_url.stream",
+            "mode": "managed",
+            "type": "aws_lambda_function_url",
+            "name": "stream",
+            "expressions": {
+                "function_name": {"references": [f"{function_address}.function_name", function_address]},
+                "invoke_mode": {"constant_value": "RESPONSE_STREAM"},
+            },
+        }
+    ]
+
+
+@pytest.fixture(scope="module")
+def unset_pushed(images: Images, busybox_base: str, adapter_image: str, registry: Registry) -> str:
+    """An adapter image that leaves AWS_LWA_INVOKE_MODE to the function."""
+    image = images.build(
+        f"FROM {busybox_base}\n"
+        f"COPY --from={adapter_image} /lambda-adapter /opt/extensions/lambda-adapter\n"
+        'CMD ["httpd", "-f", "-p", "8080"]\n',
+        name="verify/unset",
+    )
+    return images.push(image, registry, "verify/unset", "v1")
+
+
+@pytest.mark.parametrize(
+    ("image", "env_mode", "linked_by", "ok", "words"),
+    [
+        ("unset", "response_stream", "configuration", True, ["streams"]),
+        ("unset", "RESPONSE_STREAM", "function_name", True, ["streams"]),
+        ("streams", None, "configuration", True, ["streams"]),
+        (
+            "unset",
+            None,
+            "configuration",
+            False,
+            ["served by aws_lambda_function_url.stream, invoke mode response-stream",
+             "AWS_LWA_INVOKE_MODE unset in the function's environment and in the image"],
+        ),
+        (
+            "streams",
+            "buffered",
+            "function_name",
+            False,
+            ["AWS_LWA_INVOKE_MODE=buffered (from aws_lambda_function.api's environment in the plan)"],
+        ),
+    ],
+    ids=["function-streams", "by-name", "image-streams", "nobody-streams", "function-buffers"],
+)  # fmt: skip
+def test_the_gate_takes_the_invoke_mode_from_the_plans_function_url(
+    registry: Registry,
+    aws_env: dict[str, str],
+    pushed: str,
+    unset_pushed: str,
+    tmp_path: Path,
+    image: str,
+    env_mode: str | None,
+    linked_by: str,
+    ok: bool,
+    words: list[str],
+) -> None:
+    """No invoke-mode input: the URL in the plan says the function streams, the function's
+    environment (else the image) says whether its adapter does."""
+    uri = f"{ECR_HOST}/verify/unset@{unset_pushed}" if image == "unset" else f"{ECR_HOST}/verify/app@{pushed}"
+    write_plan(
+        tmp_path / "plan.json",
+        [
+            change("aws_lambda_function.api", ["create"], streaming_function(uri, env_mode)),
+            url_change("api" if linked_by == "function_name" else "(known after apply)"),
+        ],
+        url_configuration() if linked_by == "configuration" else None,
+    )
+    run = verify(tmp_path, "--plan", "plan.json", "--registry", registry.host)
+    assert "served by a RESPONSE_STREAM function URL" in run.stdout, run.log
+    if ok:
+        assert run.code == 0, run.log
+        assert run.outputs == {"checked": "1"}
+        assert all(word in run.summary for word in words)
+    else:
+        assert run.code == 1, run.log
+        [error] = run.error_lines()
+        assert "aws_lambda_function.api:" in error
+        assert all(word in error for word in words), error
+
+
+def test_a_plan_without_function_urls_uses_the_invoke_mode_input(
+    registry: Registry, aws_env: dict[str, str], unset_pushed: str, tmp_path: Path
+) -> None:
+    uri = f"{ECR_HOST}/verify/unset@{unset_pushed}"
+    write_plan(
+        tmp_path / "plan.json", [change("aws_lambda_function.api", ["create"], streaming_function(uri))]
+    )
+    run = verify(
+        tmp_path, "--plan", "plan.json", "--registry", registry.host, "--invoke-mode", "response-stream"
+    )
+    assert run.code == 1, run.log
+    assert "unset in the function's environment and in the image" in run.error_lines()[0]
+    # Without a URL or the input there is no mode to check: the gate passes on the other rules.
+    quiet = verify(tmp_path, "--plan", "plan.json", "--registry", registry.host)
+    assert quiet.code == 0, quiet.log

@@ -83,16 +83,15 @@ def run_entrypoint(
         for k, v in os.environ.items()
         if not k.startswith(("GITHUB_", "INPUT_")) and k not in ("CI_COMMIT_SHA", "GIT_COMMIT")
     }
-    full_env = {**inherited, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    full_env = {**inherited, "PYTHONPATH": str(REPO_ROOT)}
     if on_runner:
         full_env |= {
             "GITHUB_ACTIONS": "true",
             "GITHUB_OUTPUT": str(output),
             "GITHUB_STEP_SUMMARY": str(summary),
         }
-    else:
-        for name in ("GITHUB_ACTIONS", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"):
-            full_env.pop(name, None)
+    # The test's own variables win, runner files included.
+    full_env |= env or {}
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "entrypoint", *args],
