@@ -42,6 +42,7 @@ PUBLISH_INPUTS = (
     "force-build",
     "smoke",
     "smoke-timeout",
+    "smoke-memory",
     "invoke-mode",
     "secrets",
 )
@@ -83,6 +84,7 @@ class PublishInputs:
     force_build: bool = False
     smoke: SmokeSpec | None = None
     smoke_timeout: float = 30.0
+    smoke_memory: int = 512
     invoke_mode: str | None = None
     # (BuildKit secret id, environment variable of the step that holds its value)
     secrets: tuple[tuple[str, str], ...] = ()
@@ -254,6 +256,12 @@ def parse_publish(raw: Mapping[str, str], workspace: Path, runner_temp: Path | N
             f"input 'smoke-timeout' is '{timeout_value}', not a number of seconds from 1 to 600",
             "give the seconds the image may take to answer its smoke probe, e.g. 30",
         )
+    memory_value = raw.get("smoke-memory", "").strip() or "512"
+    if not memory_value.isdigit() or not 128 <= int(memory_value) <= 10240:
+        raise InputError(
+            f"input 'smoke-memory' is '{memory_value}', not a number of MB from 128 to 10240",
+            "give the function's memory_size in MB (Lambda's range is 128 to 10240), e.g. 512",
+        )
     return PublishInputs(
         env=env,
         region=region,
@@ -271,6 +279,7 @@ def parse_publish(raw: Mapping[str, str], workspace: Path, runner_temp: Path | N
         force_build=_bool("force-build", raw.get("force-build", "").strip(), default=False),
         smoke=parse_smoke(raw.get("smoke", "")),
         smoke_timeout=smoke_timeout,
+        smoke_memory=int(memory_value),
         invoke_mode=parse_invoke_mode(raw.get("invoke-mode", "")),
         secrets=_secrets(raw.get("secrets", "")),
     )

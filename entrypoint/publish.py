@@ -275,9 +275,26 @@ def _check(plan: Plan, engine: Engine, image_id: str) -> None:
             f"{inputs.platform} images without emulation (docker/setup-qemu-action)"
         )
         return
-    with github.stage(f"smoke boot ({inputs.smoke.describe()})"):
+    spec, chose = inputs.smoke.resolve(facts.env)
+    # Adapter images run in Lambda's sandbox: boot them as it does. Without the adapter (or
+    # through the Runtime Interface Emulator) the image is its own host, left as it is.
+    lambda_like = bool(facts.has_web_adapter) and spec.kind == "http"
+    with github.stage(f"smoke boot ({spec.describe()})"):
+        if chose:
+            github.info(f"  {chose}")
+        if lambda_like:
+            github.info(
+                f"  as Lambda runs it: read-only root with a writable /tmp, user {smoke.LAMBDA_USER}, "
+                f"{inputs.smoke_memory} MB, AWS_REGION={inputs.region}"
+            )
         result = smoke.smoke_boot(
-            engine.client, image_id, inputs.smoke, inputs.smoke_timeout, region=inputs.region
+            engine.client,
+            image_id,
+            spec,
+            inputs.smoke_timeout,
+            region=inputs.region,
+            memory_mb=inputs.smoke_memory,
+            lambda_like=lambda_like,
         )
         github.info(f"  {result.detail} after {result.seconds:.1f} s")
 

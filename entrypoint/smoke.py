@@ -2,12 +2,19 @@
 
 Two probes, chosen by the `smoke` input:
 
-- HTTP (`8080/health`, `/health`): for images whose CMD starts a web server, as with the
-  Lambda Web Adapter (which only runs inside Lambda; outside it the server answers itself).
+- HTTP (`8080/health`, `/health`, or `auto`: the Lambda Web Adapter's own port and readiness
+  path from the image's ENV): for images whose CMD starts a web server, as with the Lambda Web
+  Adapter (which only runs inside Lambda; outside it the server answers itself). The probe
+  runs inside the container (its curl, wget, python or node), to 127.0.0.1, where the adapter
+  would knock: a server bound to loopback only is right for Lambda. Images without any of
+  those clients are probed through a port published on the runner's loopback.
 - invoke (`invoke`, `invoke:{"key": "value"}`): POST an event to the Runtime Interface
   Emulator, which the AWS base images start when they run outside Lambda.
 
-The container is always removed, whatever happened.
+Adapter images boot as Lambda runs them: read-only root file system with a writable /tmp, an
+unprivileged user, the memory of `smoke-memory`, Lambda's variables with the `region` input's
+AWS_REGION; what fails only there (writing beside the code, files only root may read) fails
+here, with the Dockerfile fix. The container is always removed, whatever happened.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -26,6 +34,8 @@ from entrypoint import github
 from entrypoint.errors import CheckError, EngineError, InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import docker
     from docker.models.containers import Container
 
@@ -42,10 +52,16 @@ LAMBDA_ENV = {
     "AWS_LAMBDA_LOG_STREAM_NAME": "smoke-boot",
     "TZ": ":UTC",
 }
+# Lambda runs functions as an unprivileged user of its own, never as the image's USER root.
+LAMBDA_USER = "993:990"
+# Lambda's /tmp: the only writable path, 512 MB by default.
+LAMBDA_TMPFS = {"/tmp": "rw,exec,nosuid,size=512m,mode=1777"}  # noqa: S108 - inside the container
+DEFAULT_MEMORY_MB = 512
 _HTTP_RE = re.compile(r"^(?:(?P<port>\d{1,5}))?(?P<path>/\S*)?$")
 _POLL_S = 0.25
 _FORMS = (
-    "use 'none', '8080/health' or '/health' (GET, port 8080 by default, expects 2xx), or "
+    "use 'none', 'auto' (the Lambda Web Adapter's port and readiness path from the image), "
+    "'8080/health' or '/health' (GET, port 8080 by default, expects 2xx), or "
     "'invoke' / 'invoke:{\"key\": \"value\"}' (POST the event to the Runtime Interface Emulator "
     "on port 8080)"
 )
@@ -53,15 +69,39 @@ _FORMS = (
 
 @dataclass(frozen=True)
 class SmokeSpec:
-    kind: Literal["http", "invoke"]
+    kind: Literal["http", "invoke", "auto"]
     port: int = DEFAULT_PORT
     path: str = "/"
     event: str = "{}"
 
     def describe(self) -> str:
+        if self.kind == "auto":
+            return "GET the Lambda Web Adapter's readiness path"
         if self.kind == "http":
             return f"GET :{self.port}{self.path}"
         return f"invoke through the Runtime Interface Emulator on :{self.port}"
+
+    def resolve(self, image_env: Mapping[str, str]) -> tuple[SmokeSpec, str]:
+        """`auto` becomes the probe the adapter itself would make: its port (AWS_LWA_PORT,
+        else PORT, else 8080) and readiness path (AWS_LWA_READINESS_CHECK_PATH, else /)."""
+        if self.kind != "auto":
+            return self, ""
+        port_from = next((name for name in ("AWS_LWA_PORT", "PORT") if image_env.get(name)), "")
+        path = image_env.get("AWS_LWA_READINESS_CHECK_PATH") or "/"
+        try:
+            port = int(image_env[port_from]) if port_from else DEFAULT_PORT
+        except ValueError as exc:
+            raise CheckError(
+                f"smoke: auto cannot read the port: the image sets {port_from}={image_env[port_from]!r}",
+                f"set {port_from} to a port number in the Dockerfile, or give 'smoke' as PORT/PATH",
+            ) from exc
+        chosen = SmokeSpec(kind="http", port=port, path=path if path.startswith("/") else f"/{path}")
+        path_from = "AWS_LWA_READINESS_CHECK_PATH" if image_env.get("AWS_LWA_READINESS_CHECK_PATH") else ""
+        why = (
+            f"smoke: auto chose {chosen.describe()} (port from {port_from or 'the default 8080'}, "
+            f"path from {path_from or 'the default /'})"
+        )
+        return chosen, why
 
 
 @dataclass(frozen=True)
@@ -75,6 +115,8 @@ def parse_smoke(value: str, name: str = "smoke") -> SmokeSpec | None:
     text = value.strip()
     if text.lower() in ("", "none"):
         return None
+    if text == "auto":
+        return SmokeSpec(kind="auto")
     if text == "invoke" or text.startswith("invoke:"):
         event = text.partition(":")[2].strip() or "{}"
         try:
@@ -95,18 +137,42 @@ def parse_smoke(value: str, name: str = "smoke") -> SmokeSpec | None:
 
 
 def smoke_boot(
-    client: docker.DockerClient, image: str, spec: SmokeSpec, timeout_s: float = 30.0, *, region: str
+    client: docker.DockerClient,
+    image: str,
+    spec: SmokeSpec,
+    timeout_s: float = 30.0,
+    *,
+    region: str,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    lambda_like: bool = False,
 ) -> SmokeResult:
-    """Run `image` with the probe's port on 127.0.0.1 until it answers, exits, or time runs out."""
+    """Run `image` until its probe answers, it exits, or time runs out.
+
+    `lambda_like` (adapter images): read-only root, writable /tmp, unprivileged user, as in
+    Lambda. `spec` must be resolved (`SmokeSpec.resolve`), not `auto`."""
+    environment = {
+        **LAMBDA_ENV,
+        # The function's own region, as Lambda sets it: apps read it to pick endpoints.
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
+    }
+    confinement: dict[str, object] = {}
+    if lambda_like:
+        confinement = {"read_only": True, "tmpfs": LAMBDA_TMPFS, "user": LAMBDA_USER}
+        environment["LAMBDA_TASK_ROOT"] = "/var/task"
     try:
         container = client.containers.create(
             image,
             detach=True,
-            # The function's own region, as Lambda sets it: apps read it to pick endpoints.
-            environment={**LAMBDA_ENV, "AWS_REGION": region, "AWS_DEFAULT_REGION": region},
-            # An empty host port lets the engine pick a free one; loopback keeps it private.
+            environment=environment,
+            # Also published (to the runner's loopback only), for images without an HTTP
+            # client to probe from inside and for the Runtime Interface Emulator.
             ports={f"{spec.port}/tcp": ("127.0.0.1", None)},
             labels={"lambda-image-publish.purpose": "smoke-boot"},
+            mem_limit=f"{memory_mb}m",
+            memswap_limit=f"{memory_mb}m",
+            **confinement,
         )
     except ImageNotFound as exc:
         raise EngineError(
@@ -119,7 +185,7 @@ def smoke_boot(
             "check the image's ENTRYPOINT and CMD",
         ) from exc
     try:
-        return _probe(container, image, spec, timeout_s)
+        return _probe(container, image, spec, timeout_s, memory_mb)
     finally:
         try:
             container.remove(force=True)
@@ -129,40 +195,162 @@ def smoke_boot(
             github.warning(f"could not remove the smoke-boot container {container.short_id}: {exc}")
 
 
-def _probe(container: Container, image: str, spec: SmokeSpec, timeout_s: float) -> SmokeResult:
+def _probe(
+    container: Container, image: str, spec: SmokeSpec, timeout_s: float, memory_mb: int
+) -> SmokeResult:
     started = time.monotonic()
     try:
         container.start()
     except APIError as exc:
         what = f"the container did not start: {exc.explanation or exc}"
-        raise _failure(container, image, spec, what) from exc
+        raise _failure(container, image, spec, what, memory_mb) from exc
     github.info(f"  smoke boot: {spec.describe()} (up to {timeout_s:.0f} s)")
     deadline = started + timeout_s
     last = "no answer"
+    inside: _InContainer | None = _InContainer(container, spec) if spec.kind == "http" else None
     url = ""
     while True:
         container.reload()
         if container.status in ("exited", "dead"):
             code = container.attrs.get("State", {}).get("ExitCode")
             raise _failure(
-                container, image, spec, f"the container exited with code {code} after {_since(started)}"
+                container,
+                image,
+                spec,
+                f"the container exited with code {code} after {_since(started)}",
+                memory_mb,
             )
-        if not url:
-            url = _url(container, spec)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        if url:
-            outcome = _attempt(url, spec, min(remaining, 2.0) if spec.kind == "http" else remaining)
-            if isinstance(outcome, SmokeResult):
-                done = SmokeResult(spec, outcome.detail, time.monotonic() - started)
-                github.info(f"  smoke boot: {done.detail} after {done.seconds:.1f} s")
-                return done
+        outcome: SmokeResult | tuple[str, bool] | None = None
+        if inside is not None:
+            outcome = inside.attempt()
+            if outcome is None:
+                github.info(
+                    "  smoke boot: the image has no curl, wget, python or node to probe from inside; "
+                    "probing through a port published on 127.0.0.1, which only reaches a server "
+                    "bound to all interfaces"
+                )
+                inside = None
+        if outcome is None and inside is None:
+            url = url or _url(container, spec)
+            if url:
+                outcome = _attempt(url, spec, min(remaining, 2.0) if spec.kind == "http" else remaining)
+        if isinstance(outcome, SmokeResult):
+            done = SmokeResult(spec, outcome.detail, time.monotonic() - started)
+            github.info(f"  smoke boot: {done.detail} after {done.seconds:.1f} s")
+            return done
+        if outcome is not None:
             last, final = outcome
             if final:
-                raise _failure(container, image, spec, last)
+                raise _failure(container, image, spec, last, memory_mb)
         time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
-    raise _failure(container, image, spec, f"no answer in {timeout_s:.0f} s (last try: {last})")
+    raise _failure(container, image, spec, f"no answer in {timeout_s:.0f} s (last try: {last})", memory_mb)
+
+
+# Each prints "STATUS <code>" for an answer; anything else is "no answer yet". Tried in this
+# order until one exists in the image. The port and path are arguments, never spliced in.
+_PY_PROBE = (
+    "import http.client,sys\n"
+    "c=http.client.HTTPConnection('127.0.0.1',int(sys.argv[1]),timeout=2)\n"
+    "try:\n c.request('GET',sys.argv[2]);r=c.getresponse()\n"
+    " print('STATUS',r.status,r.getheader('Location') or '')\n"
+    "except Exception as e:\n print('ERROR',type(e).__name__)\n"
+)
+_NODE_PROBE = (
+    "const r=require('http').get({host:'127.0.0.1',port:+process.argv[1],path:process.argv[2],timeout:2000},"
+    "s=>{console.log('STATUS',s.statusCode,s.headers.location||'');process.exit(0)});"
+    "r.on('error',e=>{console.log('ERROR',e.code);process.exit(0)});"
+    "r.on('timeout',()=>{console.log('ERROR timeout');process.exit(0)})"
+)
+# Placeholders, each a whole argument: the values are never spliced into a script.
+_URL, _PORT, _PATH = object(), object(), object()
+_CLIENTS: tuple[tuple[str | object, ...], ...] = (
+    ("curl", "-s", "-o", "/dev/null", "--max-time", "2", "-w", "STATUS %{http_code} %{redirect_url}", _URL),
+    # No -T: busybox 1.35's wget crashes with it; `_exec` bounds every probe instead.
+    ("wget", "-S", "-O", "/dev/null", _URL),
+    ("python3", "-c", _PY_PROBE, _PORT, _PATH),
+    ("python", "-c", _PY_PROBE, _PORT, _PATH),
+    ("node", "-e", _NODE_PROBE, _PORT, _PATH),
+)
+_STATUS = re.compile(r"STATUS (\d{3})(?: (\S+))?|HTTP/\d(?:\.\d)? (\d{3})")
+
+
+class _InContainer:
+    """HTTP GETs run inside the container, so they reach 127.0.0.1 as the adapter would."""
+
+    def __init__(self, container: Container, spec: SmokeSpec) -> None:
+        self.container = container
+        self.spec = spec
+        self.candidates = list(_CLIENTS)
+        self.announced = False
+
+    def attempt(self) -> SmokeResult | tuple[str, bool] | None:
+        """A result, (what happened, final), or None when the image has no client at all."""
+        url = f"http://127.0.0.1:{self.spec.port}{self.spec.path}"
+        while self.candidates:
+            template = self.candidates[0]
+            values = {_URL: url, _PORT: str(self.spec.port), _PATH: self.spec.path}
+            argv = [part if isinstance(part, str) else values[part] for part in template]
+            try:
+                done = _exec(self.container, argv)
+            except APIError as exc:
+                if "is not running" in str(exc):
+                    return "the container stopped", False
+                self.candidates.pop(0)
+                continue
+            if done is None:
+                return "the probe got no answer within 3 s", False
+            code, text = done
+            if code not in (126, 127) and not self.announced:
+                self.announced = True
+                github.info(
+                    f"  smoke boot: probing from inside the container ({template[0]}), where the "
+                    "Lambda Web Adapter reaches the app on 127.0.0.1"
+                )
+            if code in (126, 127) or "executable file not found" in text or "no such file" in text.lower():
+                self.candidates.pop(0)
+                continue
+            return _classify(self.spec, text)
+        return None
+
+
+def _exec(container: Container, argv: list[str]) -> tuple[int, str] | None:
+    """Run one probe in the container; None when it takes more than 3 s (it is left to end
+    with the container, which is always removed)."""
+    result: list[tuple[int, bytes]] = []
+    errors: list[APIError] = []
+
+    def run() -> None:
+        try:
+            code, output = container.exec_run(argv, demux=False)
+            result.append((int(code or 0), output or b""))
+        except APIError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=3.0)
+    if errors:
+        raise errors[0]
+    if not result:
+        return None
+    code, output = result[0]
+    return code, output.decode("utf-8", "replace")
+
+
+def _classify(spec: SmokeSpec, text: str) -> SmokeResult | tuple[str, bool]:
+    found = list(_STATUS.finditer(text))
+    status = int(next((g for g in (found[-1].group(1), found[-1].group(3)) if g), "0")) if found else 0
+    if not status:
+        return "connection refused or reset", False
+    if 200 <= status < 300:
+        return SmokeResult(spec, f"{spec.describe()} answered HTTP {status}", 0.0)
+    # A server warming up answers 5xx; anything else stays wrong.
+    final = not (status >= 500 or status == 429)
+    where = f" to {found[-1].group(2)}" if 300 <= status < 400 and found[-1].group(2) else ""
+    return f"{spec.describe()} answered HTTP {status}{where}", final
 
 
 def _url(container: Container, spec: SmokeSpec) -> str:
@@ -213,8 +401,9 @@ def _since(started: float) -> str:
     return f"{time.monotonic() - started:.1f} s"
 
 
-def _failure(container: Container, image: str, spec: SmokeSpec, what: str) -> CheckError:
-    """Print the container's last log lines, then the error to raise."""
+def _failure(container: Container, image: str, spec: SmokeSpec, what: str, memory_mb: int) -> CheckError:
+    """Print the container's last log lines, then the error to raise: a cause Lambda's
+    sandbox explains (read-only files, an unprivileged user, memory) gets its own fix."""
     lines: list[str] = []
     with contextlib.suppress(APIError):
         raw = container.logs(tail=LOG_LINES)
@@ -223,6 +412,13 @@ def _failure(container: Container, image: str, spec: SmokeSpec, what: str) -> Ch
     for line in lines:
         github.info(f"  | {line}")
     last = f"; its last log line: {lines[-1].strip()[:200]}" if lines else ""
+    with contextlib.suppress(APIError):
+        container.reload()
+    state = container.attrs.get("State") or {}
+    diagnosis = _sandbox_cause(lines, bool(state.get("OOMKilled")), memory_mb)
+    if diagnosis:
+        cause, fix = diagnosis
+        return CheckError(f"smoke boot of {image} ({spec.describe()}) failed: {what}: {cause}{last}", fix)
     fix = (
         "make sure the image's CMD starts the web server on port "
         f"{spec.port} and that {spec.path} answers 2xx without AWS services; "
@@ -234,3 +430,25 @@ def _failure(container: Container, image: str, spec: SmokeSpec, what: str) -> Ch
         f"with docker run -p 8080:8080 {image} to see why"
     )
     return CheckError(f"smoke boot of {image} ({spec.describe()}) failed: {what}{last}", fix)
+
+
+def _sandbox_cause(lines: list[str], oom: bool, memory_mb: int) -> tuple[str, str] | None:
+    text = "\n".join(lines)
+    if oom:
+        return (
+            f"it was killed for using more than {memory_mb} MB (smoke-memory)",
+            "raise the function's memory_size and 'smoke-memory' together, or make the app use less",
+        )
+    if "Read-only file system" in text:
+        return (
+            "it wrote outside /tmp, and Lambda's file system is read-only but for /tmp",
+            "write only under /tmp: point caches and state there in the Dockerfile (e.g. ENV "
+            "HOME=/tmp XDG_CACHE_HOME=/tmp/.cache) or in the app, not beside the code",
+        )
+    if "Permission denied" in text or "permission denied" in text:
+        return (
+            "a file it needs is not readable by Lambda's unprivileged user",
+            "Lambda runs the image as a non-root user: make the files world-readable (COPY "
+            "--chmod=644, or RUN chmod -R o+rX on the app folder) and do not rely on USER root",
+        )
+    return None

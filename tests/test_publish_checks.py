@@ -197,3 +197,37 @@ def test_an_image_that_leaves_the_invoke_mode_to_the_function_is_published_with_
         for n in notices
     ), run.stdout
     assert registry.manifest(repo, "preprod")[0] == run.outputs["digest"]
+
+
+def test_smoke_auto_boots_an_adapter_app_on_loopback_as_lambda_would(
+    workspace: Workspace,
+    busybox_base: str,
+    adapter_image: str,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    aws_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """An app that listens on 127.0.0.1 only, at the adapter's port: right for Lambda, so it passes."""
+    workspace.commit_files(
+        {
+            "Dockerfile": (
+                f"FROM {busybox_base}\n"
+                f"COPY --from={adapter_image} /lambda-adapter /opt/extensions/lambda-adapter\n"
+                "RUN mkdir -p /var/task/www && echo ok > /var/task/www/ready\n"
+                "ENV AWS_LWA_PORT=9000 AWS_LWA_READINESS_CHECK_PATH=/ready\n"
+                "ENV AWS_LWA_INVOKE_MODE=response_stream\n"
+                'CMD ["httpd", "-f", "-p", "127.0.0.1:9000", "-h", "/var/task/www"]\n'
+            )
+        }
+    )
+    repo = ecr_repository()
+    run = publish(workspace, registry, repo, tmp_path, "--smoke", "auto", "--smoke-memory", "256")
+    assert run.code == 0, run.log
+    assert "smoke: auto chose GET :9000/ready (port from AWS_LWA_PORT" in run.stdout
+    assert (
+        "as Lambda runs it: read-only root with a writable /tmp, user 993:990, 256 MB, AWS_REGION=eu-west-2"
+        in (run.stdout)
+    )
+    assert "GET :9000/ready answered HTTP 200" in run.stdout
+    assert registry.manifest(repo, "preprod")[0] == run.outputs["digest"]

@@ -202,3 +202,108 @@ def test_invoke_probe_fails_on_a_function_error(images: Images, rie_image: str) 
     assert "the invoke returned a function error: KeyError: 'user'" in caught.value.line()
     assert "Runtime Interface Emulator" in caught.value.fix
     assert images.containers_of(rie_image) == []
+
+
+# ------------------------------------------------------------- as Lambda runs it
+
+
+def adapter_app(images: Images, busybox_base: str, adapter_image: str, name: str, *lines: str) -> str:
+    """A Lambda Web Adapter image (the stand-in adapter) around a busybox httpd app."""
+    return images.build(
+        f"FROM {busybox_base}\n"
+        f"COPY --from={adapter_image} /lambda-adapter /opt/extensions/lambda-adapter\n"
+        "RUN mkdir -p /var/task/www && echo ok > /var/task/www/health && echo ok > /var/task/www/ready\n"
+        "WORKDIR /var/task\n" + "".join(f"{line}\n" for line in lines),
+        name=f"smoke/{name}",
+    )
+
+
+def test_a_server_bound_to_loopback_only_answers_the_probe_from_inside(
+    images: Images, busybox_base: str, adapter_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The adapter reaches the app on 127.0.0.1 inside the sandbox, so this image is right."""
+    image = adapter_app(
+        images,
+        busybox_base,
+        adapter_image,
+        "loopback",
+        'CMD ["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "www"]',
+    )
+    result = smoke_boot(
+        images.client,
+        image,
+        SmokeSpec("http", 8080, "/health"),
+        timeout_s=20,
+        region=REGION,
+        lambda_like=True,
+    )
+    assert result.detail == "GET :8080/health answered HTTP 200"
+    assert "probing from inside the container (wget)" in capsys.readouterr().out
+
+
+def test_auto_takes_the_adapters_port_and_readiness_path(
+    images: Images, busybox_base: str, adapter_image: str
+) -> None:
+    image = adapter_app(
+        images, busybox_base, adapter_image, "auto",
+        "ENV AWS_LWA_PORT=9000 AWS_LWA_READINESS_CHECK_PATH=/ready",
+        'CMD ["httpd", "-f", "-p", "127.0.0.1:9000", "-h", "www"]',
+    )  # fmt: skip
+    env = dict(e.split("=", 1) for e in images.client.api.inspect_image(image)["Config"]["Env"])
+    spec, why = SmokeSpec("auto").resolve(env)
+    assert (spec.kind, spec.port, spec.path) == ("http", 9000, "/ready")
+    assert why == (
+        "smoke: auto chose GET :9000/ready (port from AWS_LWA_PORT, path from AWS_LWA_READINESS_CHECK_PATH)"
+    )
+    assert smoke_boot(
+        images.client, image, spec, timeout_s=20, region=REGION, lambda_like=True
+    ).detail.startswith("GET :9000/ready answered HTTP 200")
+    default, why = SmokeSpec("auto").resolve({"PORT": "3000"})
+    assert (default.port, default.path) == (3000, "/") and "port from PORT, path from the default /" in why
+
+
+def test_writing_beside_the_code_fails_as_in_lambda_with_the_fix(
+    images: Images, busybox_base: str, adapter_image: str
+) -> None:
+    image = adapter_app(
+        images, busybox_base, adapter_image, "writes",
+        'CMD ["sh", "-c", "echo started > /var/task/state && exec httpd -f -p 8080 -h www"]',
+    )  # fmt: skip
+    with pytest.raises(CheckError) as caught:
+        smoke_boot(
+            images.client,
+            image,
+            SmokeSpec("http", 8080, "/health"),
+            timeout_s=20,
+            region=REGION,
+            lambda_like=True,
+        )
+    line = caught.value.line()
+    assert "it wrote outside /tmp, and Lambda's file system is read-only but for /tmp" in line
+    assert "Read-only file system" in line
+    assert "Fix: write only under /tmp" in line
+    # The same image boots where nothing is confined: the difference is Lambda's, not the app's.
+    assert smoke_boot(images.client, image, SmokeSpec("http", 8080, "/health"), timeout_s=20, region=REGION)
+
+
+def test_files_only_root_can_read_fail_as_in_lambda_with_the_fix(
+    images: Images, busybox_base: str, adapter_image: str
+) -> None:
+    image = adapter_app(
+        images, busybox_base, adapter_image, "root-only",
+        "RUN echo key=1 > /var/task/app.conf && chmod 600 /var/task/app.conf",
+        'CMD ["sh", "-c", "cat /var/task/app.conf && exec httpd -f -p 8080 -h www"]',
+    )  # fmt: skip
+    with pytest.raises(CheckError) as caught:
+        smoke_boot(
+            images.client,
+            image,
+            SmokeSpec("http", 8080, "/health"),
+            timeout_s=20,
+            region=REGION,
+            lambda_like=True,
+        )
+    line = caught.value.line()
+    assert "not readable by Lambda's unprivileged user" in line
+    assert "Permission denied" in line
+    assert "COPY --chmod=644" in line
