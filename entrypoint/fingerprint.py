@@ -450,6 +450,11 @@ _BRACED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-+?])(.*))?", re.DOTALL)
 _ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(KEYWORD, rest) of every instruction, continuations joined, heredoc bodies skipped."""
+    return [(i.keyword, i.rest) for i in _parse(text)[1]]
+
+
 def _parse(text: str) -> tuple[dict[str, str], list[_Instruction]]:
     """Parser directives and instructions, with continuation lines joined, comments and
     heredoc bodies (which may hold anything, even a line starting with FROM) skipped."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from entrypoint import buildkit, cache, github, lambda_checks, smoke
+from entrypoint import buildkit, cache, github, lambda_checks, layering, smoke
 from entrypoint.cancel import Cancelled
 from entrypoint.ecr import Ecr
 from entrypoint.engine import Engine
@@ -65,6 +65,9 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
             github.info(f"  {line}")
         _check_secrets(inputs, environ)
         _warn_about_leaks(inputs)
+        hint = layering.cache_hostile_hint(inputs.dockerfile.read_text(errors="replace"))
+        if hint:
+            github.notice(hint)
 
     with github.stage("check the Docker engine"):
         engine = Engine.connect()
