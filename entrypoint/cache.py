@@ -15,6 +15,9 @@ it, needs a buildx `docker-container` builder first, or cannot at all (`EngineEr
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -144,6 +147,7 @@ def cache_arguments(
     *,
     cache_source: str | None,
     cache_ref: str | None,
+    more_cache_sources: tuple[str, ...] = (),
     local_dir: Path | None,
     scope: str,
 ) -> tuple[str, ...]:
@@ -151,6 +155,8 @@ def cache_arguments(
 
     cache_source: registry-inline: the image this environment last published
         (`<registry>/<repo>:<env>`), or None on a first publish (nothing to read yet).
+    more_cache_sources: registry-inline: further images to read inline cache from (the
+        anchor of `inline_cache_anchor_tag`).
     cache_ref: registry: the cache manifest's reference (`<registry>/<repo>:buildcache-<env>`).
     local_dir: local: the directory actions/cache restores and saves. BuildKit writes the
         new cache to `<local_dir>-new`, because exporting into the directory it imports from
@@ -172,7 +178,8 @@ def cache_arguments(
         # No external cache; the engine's own build cache on this runner still applies.
         return ()
     if mode == "registry-inline":
-        source = ("--cache-from", cache_source) if cache_source else ()
+        sources = tuple(dict.fromkeys(filter(None, (cache_source, *more_cache_sources))))
+        source = tuple(arg for ref in sources for arg in ("--cache-from", ref))
         if builder.kind == "buildx":
             return ("--cache-to", "type=inline", *source)
         # Plain `docker build` has no --cache-to; this build arg embeds the cache metadata
@@ -207,6 +214,35 @@ def cache_arguments(
         "--cache-from",
         _attributes(type="local", src=directory),
     )
+
+
+# The inline cache breaks after one step on BuildKit: an image built with layers taken from
+# another image's inline cache records only the layers it built itself (seen with dockerd
+# 20.10's BuildKit: after a code-only change, the config's moby.buildkit.cache.v0 names the
+# code layer alone), so the image after it finds no dependency layer and reinstalls. The
+# action keeps a second tag, the anchor, on the newest image whose inline cache covers its
+# layers at least as well as the anchor's did, and reads cache from both.
+def inline_cache_anchor_tag(env: str) -> str:
+    return f"buildcache-inline-{env}"
+
+
+def inline_cache_coverage(config: bytes) -> int:
+    """How many of the image's layers its inline cache metadata describes (0 if none)."""
+    try:
+        parsed = json.loads(config)
+        records = json.loads(base64.b64decode(parsed.get("moby.buildkit.cache.v0") or b"W10="))
+    except (ValueError, TypeError, binascii.Error):
+        return 0
+    if isinstance(records, dict):  # the other form: {"layers": [...], "records": [...]}
+        records = records.get("records") or []
+    layers = {
+        layer.get("layer")
+        for record in records
+        if isinstance(record, dict)
+        for layer in record.get("layers") or []
+        if isinstance(layer, dict)
+    }
+    return len(layers - {None})
 
 
 def _required(value: str | Path | None, name: str, mode: CacheMode) -> str:

@@ -56,6 +56,8 @@ class Target:
     registry: RegistryClient
     repository: Repository
     current: dict[str, Descriptor | None]
+    # registry-inline: the image whose inline cache covers the most layers (cache.py).
+    anchor: Descriptor | None = None
 
 
 def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
@@ -84,6 +86,7 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
 
     manifest: Manifest | None = None
     source: Fingerprint | None = None
+    built_here = False
     if target is not None:
         with github.stage("look for an image built from the same sources"):
             manifest, source = _reuse(plan, target, engine)
@@ -105,6 +108,7 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
             )
         with github.stage(f"push {plan.reference(plan.commit_tag)}"):
             manifest = _push_commit_tag(engine, plan, target, built.image_id)
+        built_here = True
     else:
         assert target is not None
         with github.stage(f"tag {plan.reference(plan.commit_tag)}"):
@@ -119,6 +123,8 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
         if source is not None:
             # Recorded last, so only a complete, verified publish can be reused by a later run.
             _tag(target, source.tag, manifest)
+        if built_here and inputs.cache == "registry-inline":
+            _advance_anchor(plan, target, manifest)
     return PublishResult(
         registry=plan.registry,
         repository=inputs.repository,
@@ -221,10 +227,18 @@ def _build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> buil
         if target is None and mode in ("registry-inline", "registry"):
             github.info("  push is false: no registry cache without the ECR login")
             mode = "none"
+        anchor = (
+            (plan.reference(cache.inline_cache_anchor_tag(inputs.env)),)
+            if target is not None and target.anchor is not None and mode == "registry-inline"
+            else ()
+        )
+        if anchor:
+            github.info(f"  and from {anchor[0]} (the image whose inline cache covers the most layers)")
         cache_args = cache.cache_arguments(
             mode,
             builder,
             cache_source=cache_source,
+            more_cache_sources=anchor,
             cache_ref=plan.reference(f"buildcache-{inputs.env}") if target else None,
             local_dir=inputs.cache_dir,
             scope=f"{inputs.repository}-{inputs.env}",
@@ -329,7 +343,38 @@ def _connect(plan: Plan) -> tuple[Plan, Target]:
         if found:
             github.info(f"  {tag} is now {found.digest}")
     _check_tags_can_move(plan, repository, current)
-    return plan, Target(login=login, registry=registry, repository=repository, current=current)
+    anchor = None
+    if plan.inputs.cache == "registry-inline":
+        anchor = registry.head_manifest(repository.name, cache.inline_cache_anchor_tag(plan.inputs.env))
+    return plan, Target(login=login, registry=registry, repository=repository, current=current, anchor=anchor)
+
+
+def _advance_anchor(plan: Plan, target: Target, manifest: Manifest) -> None:
+    """Point the inline-cache anchor at the new image when its inline cache covers at least
+    as many layers as the anchor's: after a code-only change it covers only the code layer,
+    and the anchor stays on the image that still describes the dependency layers."""
+    tag = cache.inline_cache_anchor_tag(plan.inputs.env)
+    name = target.repository.name
+    if target.repository.tag_is_immutable(tag):
+        return  # an anchor that cannot move would pin the cache to its first image
+    new = cache.inline_cache_coverage(_config(target, manifest))
+    if target.anchor is not None and target.anchor.digest != manifest.digest:
+        old = cache.inline_cache_coverage(
+            _config(target, target.registry.get_manifest(name, target.anchor.digest))
+        )
+        if new < old:
+            github.info(
+                f"  {tag} stays at {target.anchor.digest} (its inline cache covers {old} layers, "
+                f"this image's {new})"
+            )
+            return
+    _tag(target, tag, manifest)
+    github.info(f"  (its inline cache covers {new} layers)")
+
+
+def _config(target: Target, manifest: Manifest) -> bytes:
+    digest = (manifest.json().get("config") or {}).get("digest", "")
+    return target.registry.get_blob(target.repository.name, digest) if digest else b"{}"
 
 
 def _check_tags_can_move(plan: Plan, repository: Repository, current: dict[str, Descriptor | None]) -> None:

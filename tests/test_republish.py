@@ -216,3 +216,33 @@ def test_cache_modes_this_builder_cannot_run_fail_before_building(
         assert "docker-container" in line or f"cache mode '{mode}' needs" in line
     assert "▶ build" not in run.stdout
     assert registry.tags(repo) == []
+
+
+def test_three_successive_code_changes_each_on_an_empty_engine_keep_the_dependency_layer(
+    service: Workspace,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    docker_client: DockerClient,
+    tmp_path: Path,
+) -> None:
+    """The inline cache chain holds: on this BuildKit an image built from another's inline
+    cache records only its own new layers, so without the anchor every second code change
+    reinstalled the dependencies."""
+    repo = ecr_repository()
+    first = publish(service, registry, repo, tmp_path)
+    anchor = "buildcache-inline-preprod"
+    assert registry.manifest(repo, anchor)[0] == first.outputs["digest"]
+    assert "(its inline cache covers 3 layers)" in first.stdout  # deps.txt, the install, the code
+    dependency_layer = layers(registry, repo, first.outputs["digest"])[-2]
+    for change in range(2, 5):
+        empty_engine(docker_client, repo)
+        service.commit_files({"app/main.txt": f"v{change}\n"}, f"code only {change}")
+        run = publish(service, registry, repo, tmp_path)
+        step = next(line for line in run.stdout.splitlines() if "RUN mkdir -p /deps/site" in line)
+        assert f"{step.split()[0]} CACHED" in run.stdout, f"change {change} reinstalled:\n{run.stdout}"
+        assert layers(registry, repo, run.outputs["digest"])[-2] == dependency_layer
+        assert f"--cache-from {registry.host}/{repo}:{anchor}" in run.stdout
+        # The anchor is on an image whose inline cache describes the dependency layer: the
+        # first, or a later one whose cache (BuildKit decides) covers as many layers.
+        anchored = registry.manifest(repo, anchor)[0]
+        assert layers(registry, repo, anchored)[-2] == dependency_layer

@@ -111,9 +111,9 @@ def test_lifecycle_policy_keeps_recent_images() -> None:
     assert len(set(priorities)) == len(priorities), "rulePriority values must be unique"
     assert all(rule["action"] == {"type": "expire"} for rule in rules)
 
-    keep = [r for r in rules if r["selection"]["countType"] == "imageCountMoreThan"]
+    keep = [r for r in rules if r["selection"]["tagStatus"] == "any"]
     assert len(keep) == 1
-    assert keep[0]["selection"]["tagStatus"] == "any"
+    assert keep[0]["selection"]["countType"] == "imageCountMoreThan"
     # Enough history to roll back, and to not expire the image the function runs.
     assert keep[0]["selection"]["countNumber"] >= 10
     # ECR rejects a policy whose tagStatus "any" rule is not the last to be evaluated.
@@ -245,3 +245,17 @@ def test_terraform_fmt() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_lifecycle_policy_protects_the_layer_cache_images() -> None:
+    """The publish action's inline-cache anchor (buildcache-inline-<env>) must outlive the
+    count rule, or the layer cache chain breaks once when it expires."""
+    lifecycle = resource("aws_ecr_lifecycle_policy")
+    match = re.search(r'file\("\$\{path\.module\}/([^"]+)"\)', lifecycle["policy"])
+    assert match
+    rules = json.loads((TF_DIR / match.group(1)).read_text())["rules"]
+    [cache] = [r for r in rules if "buildcache-" in r["selection"].get("tagPrefixList", [])]
+    [count] = [r for r in rules if r["selection"]["tagStatus"] == "any"]
+    # ECR: an image a rule selects cannot be expired by a rule of lower priority (higher number).
+    assert cache["rulePriority"] < count["rulePriority"]
+    assert cache["selection"]["countType"] == "imageCountMoreThan"
