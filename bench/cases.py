@@ -1,4 +1,4 @@
-"""The four situations a publish meets, played on a git copy of the example SSE Lambda."""
+"""The situations a publish meets, played on a git copy of the example SSE Lambda."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ class Case:
     # Makes the commit that is published and timed; None publishes the first commit.
     change: Callable[[Workspace, str], str] | None
     what: str
+    # Untimed changes (of the same kind), each published on an emptied engine, between the
+    # previous publish and the timed one: where a cache chain that breaks shows.
+    history: int = 0
 
 
 def example_workspace(path: Path, example: Path = EXAMPLE) -> Workspace:
@@ -74,6 +77,15 @@ CASES: tuple[Case, ...] = (
         previous=True,
         change=_code_change,
         what="a comment line added to app/main.py",
+    ),
+    Case(
+        "chain",
+        "three successive code changes",
+        previous=True,
+        change=_code_change,
+        what="the third of three successive code-only changes, each published on an emptied engine "
+        "(the first two untimed)",
+        history=2,
     ),
     Case(
         "deps",

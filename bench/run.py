@@ -1,6 +1,6 @@
 """`python -m bench [--runs N] [--cases KEYS]`: the action against plain docker, side by side.
 
-For each run, case and approach (the order of the two approaches alternates between runs):
+For each run, case and approach (the order of the approaches alternates between runs):
 
 1. a new git copy of the example, a new ECR repository in moto and a new registry;
 2. untimed, when the case needs it: the previous publish, made by the same approach;
@@ -176,7 +176,17 @@ def _measure_once(ctx: Context, case: Case, approach: Approach, run: int, attemp
         if case.previous:
             previous = _publish(ctx, approach, ws, target, "setup")
             _check_tags(registry, target, previous.commit)
-            _say(f"  {case.key:<9} {approach.name:<6} run {run}: previous publish {previous.seconds:.1f} s")
+            _say(f"  {case.key:<9} {approach.name:<7} run {run}: previous publish {previous.seconds:.1f} s")
+        for step in range(case.history):
+            assert case.change is not None
+            case.change(ws, f"{name}-history-{step}")
+            empty_engine(ctx.client, ctx.prefix)
+            before = _publish(ctx, approach, ws, target, f"history-{step}")
+            _check_tags(registry, target, before.commit)
+            _say(
+                f"  {case.key:<9} {approach.name:<7} run {run}: change {step + 1} publish "
+                f"{before.seconds:.1f} s"
+            )
         if case.change is not None:
             case.change(ws, name)
         empty_engine(ctx.client, ctx.prefix)
@@ -284,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     prefix = f"bench{secrets.token_hex(3)}-"
     samples: list[Sample] = []
-    _say(f"{len(cases)} case(s) x 2 approaches x {args.runs} run(s); logs in {logs}")
+    _say(f"{len(cases)} case(s) x 3 approaches x {args.runs} run(s); logs in {logs}")
     try:
         with MotoServer() as moto, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             env = _subprocess_env(moto.endpoint, Path(tmp))
@@ -301,7 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             example = source / "examples" / "sse-streaming-lambda"
             ctx = Context(client, ecr, prefix, Path(tmp), logs, build_args, example)
             action = Action(env, source)
-            approaches: tuple[Approach, ...] = (action, Plain(env, moto.endpoint))
+            approaches: tuple[Approach, ...] = (
+                action,
+                Plain(env, moto.endpoint),
+                Plain(env, moto.endpoint, name="careful", careful=True),
+            )
             for run in range(1, args.runs + 1):
                 # Alternate which approach goes first, so drift over time hits both alike.
                 order = approaches if run % 2 else approaches[::-1]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Benchmark of issue 3: the action against a plain `docker login/build/tag/push`, on the
-# example SSE Lambda, in four cases (clean, no change, code changed, dependencies changed),
+# Benchmark: the action against plain `docker login/build/tag/push` (naive, and careful:
+# --cache-from the previous image with the inline cache), on the example SSE Lambda, in five
+# cases (clean, no change, code changed, three successive code changes, dependencies changed),
 # each measured run on a freshly emptied engine.
 #
-#   bash bench/run.sh [--runs N] [--cases clean,no-change,code,deps]
+#   bash bench/run.sh [--runs N] [--cases clean,no-change,code,chain,deps]
 #
 # Installs/starts the local stack (scripts/stack.sh), then `python -m bench` starts its own
 # registries and moto on free 127.0.0.1 ports, makes the local base images, runs every case

@@ -5,6 +5,8 @@ Run with `.venv/bin/pytest bench`. Made-up numbers only: no real timing is asser
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bench.cases import CASES
 from bench.report import (
     README_END,
@@ -18,6 +20,9 @@ from bench.report import (
     render,
     replace_readme_block,
 )
+
+if TYPE_CHECKING:
+    from bench.approaches import ApproachName
 
 PIP = "RUN python3 -m venv /opt/venv     && /opt/venv/bin/pip install --no-cache-dir -r requirements.txt"
 
@@ -39,9 +44,8 @@ def test_plain_log_pip_step_cached_or_ran() -> None:
     assert observe_plain("Login Succeeded\n") == Observation(False, "no build")
 
 
-def sample(case: str, approach: str, seconds: float, obs: Observation) -> Sample:
-    assert approach in ("action", "plain")
-    return Sample(case, "action" if approach == "action" else "plain", 1, seconds, obs, 0.5)
+def sample(case: str, approach: ApproachName, seconds: float, obs: Observation) -> Sample:
+    return Sample(case, approach, 1, seconds, obs, 0.5)
 
 
 SKIP = Observation(True, "no build")
@@ -59,13 +63,36 @@ def test_goals_pass_and_miss() -> None:
         sample("clean", "plain", 20.0, RAN),
     ]
     verdicts = [g.verdict for g in goals(group(CASES, samples))]
-    assert verdicts == ["PASS", "PASS", "PASS"]
+    # no change, code changed, three changes (not measured here), vs careful (none), clean
+    assert verdicts == ["PASS", "PASS", "not measured", "not measured", "PASS"]
 
     samples[0] = sample("no-change", "action", 1.5, SKIP)  # 8x: not 10x
     samples[2] = sample("code", "action", 3.0, RAN)  # fast enough, but pip ran
     samples[4] = sample("clean", "action", 22.5, RAN)  # 12.5 % slower
     verdicts = [g.verdict for g in goals(group(CASES, samples))]
-    assert verdicts == ["MISS", "MISS", "MISS"]
+    assert verdicts == ["MISS", "MISS", "not measured", "not measured", "MISS"]
+
+
+def test_the_chain_and_careful_plain_goals() -> None:
+    samples = [
+        sample("chain", "action", 2.0, CACHED),
+        sample("chain", "plain", 9.0, RAN),
+        sample("chain", "careful", 2.5, CACHED),
+        sample("clean", "action", 21.0, RAN),
+        sample("clean", "plain", 20.0, RAN),
+        sample("clean", "careful", 20.5, RAN),
+    ]
+    found = {g.text.split(":")[0]: g for g in goals(group(CASES, samples))}
+    assert found["three successive code changes"].verdict == "PASS"
+    careful = found["every case"]
+    assert careful.verdict == "PASS"
+    assert careful.measured == "worst: clean, action/careful 1.02"
+    samples[3] = sample("clean", "action", 22.0, RAN)  # 7 % slower than careful
+    assert {g.text.split(":")[0]: g for g in goals(group(CASES, samples))}["every case"].verdict == "MISS"
+    samples[0] = sample("chain", "action", 2.0, RAN)  # the chain broke: pip ran
+    assert {g.text.split(":")[0]: g for g in goals(group(CASES, samples))}[
+        "three successive code changes"
+    ].verdict == "MISS"
 
 
 def test_unmeasured_cases_are_said_so() -> None:
@@ -77,7 +104,7 @@ def test_render_has_table_samples_and_machine() -> None:
     samples = [sample("code", "action", 3.0, CACHED), sample("code", "plain", 9.0, RAN)]
     text = render(group(CASES, samples), samples, {"CPUs (nproc)": "2"}, 1, 125.0)
     notes = "action: dependency layer cached 1/1; plain: pip install ran 1/1"
-    assert f"| code changed | 3.0 | 9.0 | 0.33 | {notes} |" in text
+    assert f"| code changed | 3.0 | 9.0 |  | 0.33 |  | {notes} |" in text
     assert "| code changed | action | 1 | 3.00 | 0.50 | dependency layer cached |" in text
     assert "- CPUs (nproc): 2" in text
     assert "2 min 05 s" in text
