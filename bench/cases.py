@@ -27,8 +27,8 @@ class Case:
     # Makes the commit that is published and timed; None publishes the first commit.
     change: Callable[[Workspace, str], str] | None
     what: str
-    # Untimed changes (of the same kind), each published on an emptied engine, between the
-    # previous publish and the timed one: where a cache chain that breaks shows.
+    # More changes of the same kind before the last, each published on an emptied engine and
+    # all timed together: where a cache chain that breaks shows.
     history: int = 0
 
 
@@ -83,8 +83,8 @@ CASES: tuple[Case, ...] = (
         "three successive code changes",
         previous=True,
         change=_code_change,
-        what="the third of three successive code-only changes, each published on an emptied engine "
-        "(the first two untimed)",
+        what="three successive code-only changes, each published on an emptied engine; the time is "
+        "the three publishes together, and the pip step counts as cached only if all three reused it",
         history=2,
     ),
     Case(
