@@ -13,14 +13,11 @@ BuildKit-capable docker CLI first on PATH.
 
 from __future__ import annotations
 
-import base64
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
-
-import boto3
 
 from tests.support.stack import REPO_ROOT, docker_cli
 
@@ -114,6 +111,14 @@ class Action:
         return Published(seconds=seconds, log=done.stdout, commit=ws.head)
 
 
+_GET_LOGIN_PASSWORD = (
+    "import base64, sys, boto3\n"
+    "data = boto3.client('ecr', region_name=sys.argv[1], endpoint_url=sys.argv[2])"
+    ".get_authorization_token()['authorizationData'][0]['authorizationToken']\n"
+    "print(base64.b64decode(data).decode().partition(':')[2])\n"
+)
+
+
 @dataclass(frozen=True)
 class Plain:
     """Plain docker; `careful` is how build-push-action users set up the inline cache:
@@ -149,16 +154,21 @@ class Plain:
                 raise _failed(" ".join(argv[:2]), done.returncode, "\n".join(log))
 
         started = time.monotonic()
-        ecr = boto3.client(
-            "ecr",
-            region_name=target.region,
-            endpoint_url=self.aws_endpoint,
-            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        # A process of its own, as `aws ecr get-login-password` (or amazon-ecr-login) is in a
+        # workflow: the same boto3 call the AWS CLI makes, with its start-up cost.
+        token = subprocess.run(
+            [sys.executable, "-c", _GET_LOGIN_PASSWORD, target.region, self.aws_endpoint],
+            env={**env, "AWS_ENDPOINT_URL": self.aws_endpoint},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
-        token = ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]
-        user, _, password = base64.b64decode(token).decode().partition(":")
-        run([docker, "login", "--username", user, "--password-stdin", target.registry], stdin=password)
+        log.append(f"$ aws ecr get-login-password (boto3 in a new process)\n(exit {token.returncode})")
+        if token.returncode != 0:
+            raise _failed("get-login-password", token.returncode, token.stderr)
+        password = token.stdout.strip()
+        run([docker, "login", "--username", "AWS", "--password-stdin", target.registry], stdin=password)
         build_args = [a for k, v in target.build_args for a in ("--build-arg", f"{k}={v}")]
         cache = (
             ["--build-arg", "BUILDKIT_INLINE_CACHE=1", "--cache-from", target.reference(target.env)]

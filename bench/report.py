@@ -290,7 +290,8 @@ uvicorn installed by pip) in a temporary git repository:
 - **action**: `python -m entrypoint publish` (its venv exists already); it builds with \
 `--cache-from` the environment's previous image, and skips the build when an image from the \
 same sources is in the repository.
-- **plain**: an ECR token from boto3, `docker login --password-stdin`, `DOCKER_BUILDKIT=1 \
+- **plain**: an ECR token from a process of its own (boto3's GetAuthorizationToken, as `aws \
+ecr get-login-password` gets it), `docker login --password-stdin`, `DOCKER_BUILDKIT=1 \
 docker build`, `docker tag` to the environment and `latest`, `docker push` of the three tags.
 - **careful**: plain, with the layer cache as careful build-push-action users set it up: \
 `--cache-from` the environment's previous image and `BUILDKIT_INLINE_CACHE=1`.

@@ -219,6 +219,7 @@ def _build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> buil
     inputs = plan.inputs
     with github.stage("build"), tempfile.TemporaryDirectory(prefix="lambda-publish-") as tmp:
         cache_source = None
+        previous = None
         if target is not None and inputs.cache == "registry-inline":
             previous = next((t for t in (inputs.env, "latest") if target.current.get(t)), None)
             cache_source = plan.reference(previous) if previous else None
@@ -227,9 +228,14 @@ def _build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> buil
         if target is None and mode in ("registry-inline", "registry"):
             github.info("  push is false: no registry cache without the ECR login")
             mode = "none"
+        previous_image = target.current.get(previous) if target is not None and previous else None
         anchor = (
             (plan.reference(cache.inline_cache_anchor_tag(inputs.env)),)
-            if target is not None and target.anchor is not None and mode == "registry-inline"
+            if target is not None
+            and target.anchor is not None
+            and mode == "registry-inline"
+            # The same image twice would only import its cache twice.
+            and (previous_image is None or target.anchor.digest != previous_image.digest)
             else ()
         )
         if anchor:

@@ -241,7 +241,6 @@ def test_three_successive_code_changes_each_on_an_empty_engine_keep_the_dependen
         step = next(line for line in run.stdout.splitlines() if "RUN mkdir -p /deps/site" in line)
         assert f"{step.split()[0]} CACHED" in run.stdout, f"change {change} reinstalled:\n{run.stdout}"
         assert layers(registry, repo, run.outputs["digest"])[-2] == dependency_layer
-        assert f"--cache-from {registry.host}/{repo}:{anchor}" in run.stdout
         # The anchor is on an image whose inline cache describes the dependency layer: the
         # first, or a later one whose cache (BuildKit decides) covers as many layers.
         anchored = registry.manifest(repo, anchor)[0]
