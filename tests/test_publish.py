@@ -92,8 +92,10 @@ def test_publish_tags_commit_env_and_latest_with_one_single_manifest(
         assert digest_of(registry, repo, tag) == digest
     tags = registry.tags(repo)
     [source_tag] = [t for t in tags if t.startswith("src-")]
-    assert sorted(tags) == sorted([app.head, "preprod", "latest", source_tag])
+    # And the inline-cache anchor, which a first publish sets to the image it built.
+    assert sorted(tags) == sorted([app.head, "preprod", "latest", source_tag, "buildcache-inline-preprod"])
     assert digest_of(registry, repo, source_tag) == digest
+    assert digest_of(registry, repo, "buildcache-inline-preprod") == digest
 
     # A single linux/amd64 image manifest: what Lambda accepts.
     _, media_type, manifest = registry.manifest(repo, digest)
