@@ -53,7 +53,27 @@ BUSYBOX_BASE = "local/busybox-base:latest"
 PYTHON_BASE = "local/python-base:bookworm"
 ADAPTER_STANDIN = "local/lambda-adapter:stand-in"
 
-DEBIAN_MIRROR = os.environ.get("STACK_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+def debian_mirror(apt: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this machine's apt uses (deb822 .sources, else sources.list), so the
+    repository names no package host; STACK_DEBIAN_MIRROR overrides it."""
+    chosen = os.environ.get("STACK_DEBIAN_MIRROR")
+    if chosen:
+        return chosen
+    for path in sorted((apt / "sources.list.d").glob("*.sources")):
+        for line in path.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "URIs" and "/debian" in value and "security" not in value:
+                return value.split()[0]
+    lists = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]
+    for path in (p for p in lists if p.is_file()):
+        for line in path.read_text(errors="replace").splitlines():
+            words = line.split()
+            uri = next((w for w in words[1:] if "://" in w), "")
+            if words and words[0] == "deb" and uri.rstrip("/").endswith("/debian"):
+                return uri
+    raise RuntimeError("no Debian mirror in /etc/apt: set STACK_DEBIAN_MIRROR to one")
+
 
 MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -561,8 +581,9 @@ def _remove_tree(root: Path) -> None:
         shutil.rmtree(root)
 
 
-def build_python_rootfs_tar(tar_path: Path, suite: str = "bookworm", mirror: str = DEBIAN_MIRROR) -> Path:
+def build_python_rootfs_tar(tar_path: Path, suite: str = "bookworm", mirror: str | None = None) -> Path:
     """debootstrap a minbase Debian with python3, pip and venv into ``tar_path``."""
+    mirror = mirror or debian_mirror()
     if shutil.which("debootstrap") is None:
         raise RuntimeError("debootstrap not found: run `bash scripts/stack.sh`")
     work = tar_path.parent / f"{tar_path.stem}.rootfs"
