@@ -62,6 +62,11 @@ ensure_packages() {
     apt_update_once
     apt_install "${missing[@]}"
   fi
+  # node runs the action's github-script step in a test; most machines have it already.
+  if ! command -v node >/dev/null 2>&1; then
+    apt_update_once
+    apt_install nodejs
+  fi
   # Debian 13+ ships buildx as its own package; bookworm (12) has none, and there the
   # Debian 20.10 CLI's built-in `DOCKER_BUILDKIT=1 docker build` is used instead.
   if ! pkg_installed docker-buildx \
