@@ -23,7 +23,7 @@ from botocore.exceptions import (
     TokenRetrievalError,
 )
 
-from entrypoint.errors import AwsError, RepositoryMissingError
+from entrypoint.errors import AwsError, RepositoryMissingError, shown
 from entrypoint.reference import REGISTRY_RE
 
 if TYPE_CHECKING:
@@ -99,10 +99,6 @@ def aws_error(call: str, action: str, exc: Exception) -> AwsError:
     return AwsError(f"{call} failed: {exc}", "check the AWS configuration of this job")
 
 
-def _escaped(text: str) -> str:
-    return text.encode("unicode_escape").decode()[:200]
-
-
 def _xml_field(text: str, field: str) -> str:
     match = re.search(rf"<{field}>([^<]*)</{field}>", text)
     return match.group(1) if match else ""
@@ -125,7 +121,7 @@ class Ecr:
         if not REGISTRY_RE.fullmatch(host):
             # The login is sent to this host; it must be exactly one host[:port].
             raise AwsError(
-                f"ecr:GetAuthorizationToken named the registry '{_escaped(endpoint)}', not a host",
+                f"ecr:GetAuthorizationToken named the registry '{shown(endpoint)}', not a host",
                 "check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_ECR: the endpoint is not Amazon ECR",
             )
         return RegistryLogin(username=user, password=password, registry=host)

@@ -6,6 +6,12 @@
 from __future__ import annotations
 
 
+def shown(value: str, limit: int = 200) -> str:
+    """A value from outside (a plan, a registry, an API) as it may appear in an error line:
+    control characters escaped, so it cannot end the line or start a runner command."""
+    return value.encode("unicode_escape").decode()[:limit]
+
+
 class ActionError(Exception):
     """A failure with a cause the user can read and a fix the user can apply."""
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from entrypoint.errors import PushRejectedError, RegistryError
+from entrypoint.errors import PushRejectedError, RegistryError, shown
 from entrypoint.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE, hostname, is_ecr, is_loopback
 
 if TYPE_CHECKING:
@@ -279,9 +279,9 @@ class RegistryClient:
             kind == "manifests" and TAG_RE.fullmatch(reference)
         )
         if not REPOSITORY_RE.fullmatch(repository) or not valid_reference:
-            shown = (repository + ":" + reference).encode("unicode_escape").decode()[:120]
+            asked = shown(f"{repository}:{reference}", 120)
             raise RegistryError(
-                f"refused to ask registry {self.host} for '{shown}', which is not a valid "
+                f"refused to ask registry {self.host} for '{asked}', which is not a valid "
                 "repository and " + ("digest" if kind == "blobs" else "tag or digest"),
                 "check the image reference; digests are sha256:<64 hex digits>",
             )

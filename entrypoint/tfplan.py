@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from entrypoint.errors import InputError
+from entrypoint.errors import InputError, shown
 from entrypoint.lambda_checks import WEB_ADAPTER_ENV, FunctionSetting
 
 if TYPE_CHECKING:
@@ -204,10 +204,6 @@ def _require_printable(address: str, what: str, value: str) -> None:
     if all(ch.isprintable() for ch in value):
         return
     raise InputError(
-        f"the plan's {what} '{_escaped(value)}' (resource '{_escaped(address)}') holds control characters",
+        f"the plan's {what} '{shown(value)}' (resource '{shown(address)}') holds control characters",
         "Terraform writes none there: check where the plan file comes from and the value that sets it",
     )
-
-
-def _escaped(value: str) -> str:
-    return value.encode("unicode_escape").decode()[:200]
