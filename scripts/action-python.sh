@@ -5,7 +5,8 @@
 #
 # What is installed is lock/runtime.txt, nothing else: binary wheels only, every one checked
 # against its sha256, no dependency resolution. The installer is uv (lock/uv.txt, itself
-# hash-checked, fetched by the runner's pip): a cold set-up takes about two seconds, where
+# hash-checked, fetched from the index's JSON API by scripts/fetch_uv.py, or by the runner's
+# pip where that cannot): a cold set-up takes about a second and a half, where
 # `python -m venv` + `pip install` took eight to ten. The job's uv and pip settings cannot
 # change what is installed (-I, --no-config, behaviour variables unset); an index or mirror
 # they name is still used to download, which the hashes make safe.
@@ -81,6 +82,17 @@ explain() {
 }
 
 uv_home="$temp/lambda-image-publish-uv-$(sha256sum "$uv_lock" | cut -c1-16)"
+if [ ! -x "$uv_home/bin/uv" ]; then
+  rm -rf "$uv_home"
+  # Fast path (scripts/fetch_uv.py): the locked wheel straight from the index's JSON API,
+  # about half a second. It exits 3 where it cannot (no JSON API, an unusual platform, an
+  # index that needs pip's credentials) and pip fetches the same hash-pinned wheel instead.
+  status=0
+  "$python" -I "$action_path/scripts/fetch_uv.py" "$uv_lock" "$uv_home" 2>"$log" || status=$?
+  if [ "$status" = 2 ]; then
+    explain "installing uv (lock/uv.txt)"
+  fi
+fi
 if [ ! -x "$uv_home/bin/uv" ]; then
   rm -rf "$uv_home"
   if ! "$python" -I -m pip install --disable-pip-version-check --no-input --quiet --no-deps \
