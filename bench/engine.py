@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -51,6 +52,20 @@ def empty_engine(client: DockerClient, prefix: str, *, prune_cache: bool = True)
 
 # dockerd writes its pid here; a new pid means the engine restarted (e.g. after a crash).
 DOCKERD_PIDFILE = Path("/var/run/docker.pid")
+
+
+def fresh_page_cache() -> bool:
+    """Drop the kernel's page cache (root only; False where it cannot): a fresh runner has
+    nothing cached, and on these VMs memory the guest frees goes back to the host, so without
+    the drop each sample's writes cost more than the one before."""
+    if os.geteuid() != 0:
+        return False
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
 
 
 def engine_pid() -> str:

@@ -39,6 +39,7 @@ import boto3
 import docker
 
 from bench.cases import example_workspace
+from bench.engine import fresh_page_cache
 from tests.support.act import CHECKOUT, action_checkout, run_act
 from tests.support.stack import (
     ECR_PASSWORD,
@@ -76,18 +77,6 @@ def _env(**extra: str) -> dict[str, str]:
     )
     env["PATH"] = f"{STACK_DIR / 'bin'}{os.pathsep}{env['PATH']}"
     return env | extra
-
-
-def fresh_page_cache() -> bool:
-    """Drop the page cache (root only); False where it cannot."""
-    if os.geteuid() != 0:
-        return False
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        return False
-    return True
 
 
 def time_setup(action: Path, script: str | None, runner_temp: Path) -> float:

@@ -1,4 +1,4 @@
-"""`python -m entrypoint [publish|verify] [--input value ...]`: the one place that turns
+"""`python -m entrypoint [publish|verify|promote|rollback] [--input value ...]`: the one place that turns
 failures into an `::error::` line and an exit code."""
 
 from __future__ import annotations
@@ -12,7 +12,16 @@ from pathlib import Path
 
 from entrypoint import cancel, github
 from entrypoint.errors import ActionError
-from entrypoint.inputs import PUBLISH_INPUTS, parse_publish, read_raw
+from entrypoint.inputs import (
+    PROMOTE_INPUTS,
+    PUBLISH_INPUTS,
+    ROLLBACK_INPUTS,
+    parse_promote,
+    parse_publish,
+    parse_rollback,
+    read_raw,
+)
+from entrypoint.promote import promote, rollback
 from entrypoint.publish import publish, summary
 from entrypoint.verify import VERIFY_INPUTS, parse_verify, verify
 
@@ -33,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser("verify", help="check the images a Terraform plan deploys to Lambda"),
         VERIFY_INPUTS,
         "the plan path is relative to",
+    )
+    _add_inputs(
+        commands.add_parser("promote", help="copy a tested image into an environment, same digest, no build"),
+        PROMOTE_INPUTS,
+        "the commit is read from",
+    )
+    _add_inputs(
+        commands.add_parser("rollback", help="move an environment back to an earlier image"),
+        ROLLBACK_INPUTS,
+        "unused; accepted like the other commands",
     )
     return parser
 
@@ -64,6 +83,18 @@ def run(argv: list[str]) -> None:
         github.set_outputs(checked.outputs())
         github.write_summary(checked.summary())
         checked.raise_for_failures()
+        return
+    if args.command == "promote":
+        result = promote(
+            parse_promote(read_raw(PROMOTE_INPUTS, flags), _workspace(args.workspace)), os.environ
+        )
+        github.set_outputs(result.outputs())
+        github.write_summary(summary(result, "Lambda image promoted"))
+        return
+    if args.command == "rollback":
+        result = rollback(parse_rollback(read_raw(ROLLBACK_INPUTS, flags)))
+        github.set_outputs(result.outputs())
+        github.write_summary(summary(result, "Lambda image rolled back"))
         return
     raw = read_raw(PUBLISH_INPUTS, flags)
     runner_temp = os.environ.get("RUNNER_TEMP")

@@ -48,7 +48,13 @@ class RepositoryMissingError(ActionError):
 
 
 class RegistryError(ActionError):
-    """The registry was unreachable, refused the login, or rejected an operation."""
+    """The registry was unreachable, refused the login, or rejected an operation.
+
+    `temporary`: a network failure or a 5xx/429 that a later try may not meet."""
+
+    def __init__(self, cause: str, fix: str, *, temporary: bool = False) -> None:
+        super().__init__(cause, fix)
+        self.temporary = temporary
 
 
 class PushRejectedError(RegistryError):

@@ -10,7 +10,7 @@ the file system it is told to look at.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from actions_toolkit import core
@@ -19,7 +19,7 @@ from entrypoint.buildkit import cli_reads
 from entrypoint.cache import CacheMode, parse_cache_mode
 from entrypoint.errors import InputError
 from entrypoint.lambda_checks import parse_invoke_mode
-from entrypoint.reference import REGISTRY_RE, REPOSITORY_RE, TAG_RE
+from entrypoint.reference import DIGEST_RE, REGISTRY_RE, REPOSITORY_RE, TAG_RE, ImageUri, parse_image_uri
 from entrypoint.smoke import SmokeSpec, parse_smoke
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ SECRET_WORDS = re.compile(
 # Lambda runs container images on these two architectures only.
 PLATFORMS = ("linux/amd64", "linux/arm64")
 # Tags the action manages itself; a user tag with these prefixes would be overwritten.
-RESERVED_TAG_PREFIXES = ("sha256-", "src-", "buildcache-")
+RESERVED_TAG_PREFIXES = ("sha256-", "src-", "buildcache-", "history-")
 TRUE_WORDS = ("true", "True", "TRUE")
 FALSE_WORDS = ("false", "False", "FALSE")
 
@@ -164,6 +164,31 @@ def parse_registry(raw: Mapping[str, str]) -> str | None:
     return registry
 
 
+def parse_repository(raw: Mapping[str, str], env: str) -> str:
+    repository = (raw.get("repository", "").strip() or DEFAULT_REPOSITORY).replace("{env}", env)
+    if not (2 <= len(repository) <= 256 and REPOSITORY_RE.fullmatch(repository)):
+        raise InputError(
+            f"input 'repository' gives '{repository}', which is not an ECR repository name",
+            "use lower-case letters, digits and . _ - / separators (the name Terraform gives "
+            "the aws_ecr_repository)",
+        )
+    return repository
+
+
+def parse_platform(raw: Mapping[str, str]) -> str | None:
+    platform = raw.get("platform", "").strip()
+    if platform and platform not in PLATFORMS:
+        raise InputError(
+            f"input 'platform' is '{platform}', which Lambda cannot run",
+            f"use one of {', '.join(PLATFORMS)} (Lambda's x86_64 and arm64)",
+        )
+    return platform or None
+
+
+def parse_extra_tags(raw: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_tag("tags", t) for t in _lines(raw.get("tags", ""))))
+
+
 def _tag(name: str, tag: str) -> str:
     if not TAG_RE.fullmatch(tag):
         raise InputError(
@@ -217,23 +242,11 @@ def parse_publish(raw: Mapping[str, str], workspace: Path, runner_temp: Path | N
             "to use the Dockerfile's folder",
         )
 
-    repository = (raw.get("repository", "").strip() or DEFAULT_REPOSITORY).replace("{env}", env)
-    if not (2 <= len(repository) <= 256 and REPOSITORY_RE.fullmatch(repository)):
-        raise InputError(
-            f"input 'repository' gives '{repository}', which is not an ECR repository name",
-            "use lower-case letters, digits and . _ - / separators (the name Terraform gives "
-            "the aws_ecr_repository)",
-        )
-
+    repository = parse_repository(raw, env)
     build_args = _build_args(raw.get("build-args", ""))
 
-    extra_tags = tuple(dict.fromkeys(_tag("tags", t) for t in _lines(raw.get("tags", ""))))
-    platform = raw.get("platform", "").strip() or DEFAULT_PLATFORM
-    if platform not in PLATFORMS:
-        raise InputError(
-            f"input 'platform' is '{platform}', which Lambda cannot run",
-            f"use one of {', '.join(PLATFORMS)} (Lambda's x86_64 and arm64)",
-        )
+    extra_tags = parse_extra_tags(raw)
+    platform = parse_platform(raw) or DEFAULT_PLATFORM
     cache = parse_cache_mode(raw.get("cache", "").strip())
     cache_dir_value = raw.get("cache-dir", "").strip()
     # The runner's temp folder is the runner's own, not the checkout's: cache may live there.
@@ -331,3 +344,78 @@ def _secrets(value: str) -> tuple[tuple[str, str], ...]:
             raise InputError(f"input 'secrets' names the id '{secret_id}' twice", "give each id once")
         found[secret_id] = variable
     return tuple(found.items())
+
+
+_LOGIN_REGISTRY = "login.invalid"
+PROMOTE_INPUTS = ("source", "env", "region", "repository", "registry", "tags", "platform")
+ROLLBACK_INPUTS = ("env", "region", "to", "repository", "registry", "platform")
+
+
+@dataclass(frozen=True)
+class PromoteInputs:
+    source: ImageUri  # host "": the target registry
+    env: str
+    region: str
+    repository: str
+    registry: str | None
+    extra_tags: tuple[str, ...]
+    platform: str | None  # None: the source image's own, if Lambda runs it
+    workspace: Path
+
+
+def parse_promote(raw: Mapping[str, str], workspace: Path) -> PromoteInputs:
+    text = _require(
+        raw, "source", "set 'source' to the image to promote, e.g. the publish job's image-uri output"
+    )
+    # Without a host, the repository is on the target registry: job outputs
+    # that hold an account ID are dropped by GitHub when the ID is masked, and `repository`
+    # and `digest` never hold it.
+    source = parse_image_uri(text) or parse_image_uri(f"{_LOGIN_REGISTRY}/{text}")
+    if source is None or not (source.digest or source.tag):
+        raise InputError(
+            f"input 'source' is '{text[:200]}', not an image reference with a digest or tag",
+            "give host/repository@sha256:<digest> (the image-uri output of publish), "
+            "repository@sha256:<digest> (on the target registry), or host/repository:tag",
+        )
+    if source.host == _LOGIN_REGISTRY:
+        source = replace(source, host="", text=text)
+    env = parse_env(raw)
+    return PromoteInputs(
+        source=source,
+        env=env,
+        region=parse_region(raw),
+        repository=parse_repository(raw, env),
+        registry=parse_registry(raw),
+        extra_tags=parse_extra_tags(raw),
+        platform=parse_platform(raw),
+        workspace=workspace,
+    )
+
+
+@dataclass(frozen=True)
+class RollbackInputs:
+    env: str
+    region: str
+    repository: str
+    registry: str | None
+    to: str  # "previous", a digest, or a tag
+    platform: str | None
+
+
+def parse_rollback(raw: Mapping[str, str]) -> RollbackInputs:
+    env = parse_env(raw)
+    to = raw.get("to", "").strip() or "previous"
+    if to != "previous" and not DIGEST_RE.fullmatch(to) and not TAG_RE.fullmatch(to):
+        raise InputError(
+            f"input 'to' is '{to[:200]}', which is neither 'previous', a digest nor a tag",
+            "give previous (where the environment was before its last move), sha256:<64 hex "
+            "digits>, or a commit tag",
+        )
+    return RollbackInputs(
+        env=env,
+        region=parse_region(raw),
+        repository=parse_repository(raw, env),
+        registry=parse_registry(raw),
+        to=to,
+        platform=parse_platform(raw),
+    )

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from entrypoint import buildkit, cache, github, lambda_checks, layering, smoke
-from entrypoint.cancel import Cancelled
+from entrypoint import buildkit, cache, github, lambda_checks, layering, smoke, tags
 from entrypoint.ecr import Ecr
 from entrypoint.engine import Engine
-from entrypoint.errors import InputError, PushRejectedError, RegistryError
+from entrypoint.errors import InputError, PushRejectedError
 from entrypoint.fingerprint import Fingerprint, compute_fingerprint, included_paths_under, resolve_with_engine
 from entrypoint.plan import Plan, make_plan
 from entrypoint.reference import is_loopback
@@ -58,6 +57,10 @@ class Target:
     current: dict[str, Descriptor | None]
     # registry-inline: the image whose inline cache covers the most layers (cache.py).
     anchor: Descriptor | None = None
+
+    @property
+    def place(self) -> tags.Place:
+        return tags.Place(self.registry, self.repository, self.current)
 
 
 def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
@@ -112,17 +115,17 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
     else:
         assert target is not None
         with github.stage(f"tag {plan.reference(plan.commit_tag)}"):
-            _tag(target, plan.commit_tag, manifest)
+            tags.put(target.place, plan.commit_tag, manifest)
 
     assert target is not None
     assert plan.registry is not None
     with github.stage("move " + ", ".join(plan.moving_tags)):
-        _move_tags(plan, target, manifest)
+        tags.move(target.place, plan.moving_tags, manifest, env=plan.inputs.env)
     with github.stage("verify the registry"):
-        _verify(plan, target, manifest.digest)
+        tags.verify(target.place, plan.tags, manifest.digest, plan.reference)
         if source is not None:
             # Recorded last, so only a complete, verified publish can be reused by a later run.
-            _tag(target, source.tag, manifest)
+            tags.put(target.place, source.tag, manifest)
         if built_here and inputs.cache == "registry-inline":
             _advance_anchor(plan, target, manifest)
     return PublishResult(
@@ -322,15 +325,6 @@ def _check(plan: Plan, engine: Engine, image_id: str) -> None:
         github.info(f"  {result.detail} after {result.seconds:.1f} s")
 
 
-def _tag(target: Target, tag: str, manifest: Manifest) -> None:
-    current = target.current.get(tag) or target.registry.head_manifest(target.repository.name, tag)
-    if current and current.digest == manifest.digest:
-        github.info(f"  {tag} already points at {manifest.digest}")
-        return
-    target.registry.put_manifest(target.repository.name, tag, manifest)
-    github.info(f"  {tag} -> {manifest.digest}")
-
-
 def _connect(plan: Plan) -> tuple[Plan, Target]:
     ecr = Ecr(plan.inputs.region)
     login = ecr.login()
@@ -348,7 +342,12 @@ def _connect(plan: Plan) -> tuple[Plan, Target]:
     for tag, found in current.items():
         if found:
             github.info(f"  {tag} is now {found.digest}")
-    _check_tags_can_move(plan, repository, current)
+    tags.require_movable(
+        tags.Place(registry, repository, current),
+        plan.moving_tags,
+        stays=plan.commit_tag,
+        nothing="nothing was pushed",
+    )
     anchor = None
     if plan.inputs.cache == "registry-inline":
         anchor = registry.head_manifest(repository.name, cache.inline_cache_anchor_tag(plan.inputs.env))
@@ -374,32 +373,13 @@ def _advance_anchor(plan: Plan, target: Target, manifest: Manifest) -> None:
                 f"this image's {new})"
             )
             return
-    _tag(target, tag, manifest)
+    tags.put(target.place, tag, manifest)
     github.info(f"  (its inline cache covers {new} layers)")
 
 
 def _config(target: Target, manifest: Manifest) -> bytes:
     digest = (manifest.json().get("config") or {}).get("digest", "")
     return target.registry.get_blob(target.repository.name, digest) if digest else b"{}"
-
-
-def _check_tags_can_move(plan: Plan, repository: Repository, current: dict[str, Descriptor | None]) -> None:
-    """Refuse up front, not halfway, when immutable tags would have to move."""
-    existing = current[plan.commit_tag]
-    destination = existing.digest if existing and repository.tag_is_immutable(plan.commit_tag) else None
-    stuck = [
-        f"{tag} (at {found.digest[:19]}…)"
-        for tag in plan.moving_tags
-        if (found := current[tag]) and repository.tag_is_immutable(tag) and found.digest != destination
-    ]
-    if stuck:
-        raise PushRejectedError(
-            f"repository {repository.name} has immutable tags ({repository.mutability}) and "
-            f"{', '.join(stuck)} cannot move to a new image; nothing was pushed",
-            'set image_tag_mutability = "MUTABLE" on the aws_ecr_repository, or '
-            "IMMUTABLE_WITH_EXCLUSION with exclusion filters for the environment and latest tags "
-            "(deploys still pin the digest)",
-        )
 
 
 def _push_commit_tag(engine: Engine, plan: Plan, target: Target, image_id: str) -> Manifest:
@@ -446,44 +426,6 @@ def reduce_to_image_manifest(plan: Plan, target: Target, index: Manifest) -> Man
     )
 
 
-def _move_tags(plan: Plan, target: Target, manifest: Manifest) -> None:
-    name = target.repository.name
-    moved: list[tuple[str, Manifest]] = []
-    try:
-        for tag in plan.moving_tags:
-            before = target.current[tag]
-            if before and before.digest == manifest.digest:
-                github.info(f"  {tag} already points at {manifest.digest}")
-                continue
-            previous = target.registry.get_manifest(name, before.digest) if before else None
-            target.registry.put_manifest(name, tag, manifest)
-            github.info(f"  {tag} -> {manifest.digest}" + (f" (was {before.digest})" if before else ""))
-            if previous:
-                moved.append((tag, previous))
-    except (RegistryError, Cancelled):
-        # Put back what already moved, so a half-finished publish leaves the old release whole.
-        for tag, previous in reversed(moved):
-            try:
-                target.registry.put_manifest(name, tag, previous)
-                github.info(f"  restored {tag} -> {previous.digest}")
-            except RegistryError as exc:
-                github.warning(f"could not restore {tag} to {previous.digest}: {exc.cause}")
-        raise
-
-
-def _verify(plan: Plan, target: Target, digest: str) -> None:
-    for tag in plan.tags:
-        found = target.registry.head_manifest(target.repository.name, tag)
-        if found is None or found.digest != digest:
-            raise RegistryError(
-                f"after the push, {plan.reference(tag)} resolves to "
-                f"{found.digest if found else 'nothing'}, not {digest}",
-                "another job may be publishing to the same tags: serialise deploys with a "
-                "`concurrency` group per environment, then rerun",
-            )
-        github.info(f"  {plan.reference(tag)} = {digest}")
-
-
-def summary(result: PublishResult) -> str:
+def summary(result: PublishResult, title: str = "Lambda image published") -> str:
     rows = [(github.markdown_text(k), github.markdown_code(v)) for k, v in result.outputs().items()]
-    return "### Lambda image published\n\n" + github.markdown_table(("output", "value"), rows)
+    return f"### {title}\n\n" + github.markdown_table(("output", "value"), rows)

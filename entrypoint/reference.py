@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 
 # host[:port]: a DNS name or IPv4 address, no scheme, user or path.
 REGISTRY_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?")
@@ -37,3 +38,31 @@ def is_loopback(host: str) -> bool:
 
 def is_ecr(host: str) -> bool:
     return ECR_HOST_RE.fullmatch(host.lower()) is not None
+
+
+@dataclass(frozen=True)
+class ImageUri:
+    text: str
+    host: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+
+def parse_image_uri(text: str) -> ImageUri | None:
+    """registry/repository[:tag][@sha256:...], or None when it is not one."""
+    name, at, digest = text.partition("@")
+    host, slash, path = name.partition("/")
+    if not slash or not ("." in host or ":" in host or host == "localhost"):
+        return None
+    if not REGISTRY_RE.fullmatch(host):
+        return None
+    repository, tag = path, None
+    last = path.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository, _, tag = path.rpartition(":")
+    if not REPOSITORY_RE.fullmatch(repository) or (tag is not None and not TAG_RE.fullmatch(tag)):
+        return None
+    if at and not DIGEST_RE.fullmatch(digest):
+        return None
+    return ImageUri(text=text, host=host, repository=repository, tag=tag, digest=digest or None)

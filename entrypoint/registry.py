@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from entrypoint.errors import PushRejectedError, RegistryError, shown
 from entrypoint.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE, hostname, is_ecr, is_loopback
@@ -36,6 +37,8 @@ ACCEPT = ", ".join((*IMAGE_MANIFESTS, *INDEXES))
 # with the 5 s request timeout this keeps the error line within 30 s of the fault.
 RETRY_BUDGET_S = 20.0
 REQUEST_TIMEOUT_S = 5.0
+# A layer upload may take long, but never this long without the registry reading from it.
+UPLOAD_STALL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,23 @@ class Transport:
         self._sleep = sleep
         self._session = requests.Session()
 
-    def request(self, method: str, path: str, what: str, **kwargs: Any) -> requests.Response:
-        """Send one request with authentication, retrying temporary failures within budget."""
+    def request(
+        self, method: str, path: str, what: str, *, once: bool = False, **kwargs: Any
+    ) -> requests.Response:
+        """Send one request with authentication, retrying temporary failures within budget.
+
+        `once`: a single try, for a body that is a stream and cannot be sent again; a
+        temporary failure is then a `RegistryError` with `temporary` set, for the caller's
+        own retry of the whole transfer."""
+        if once:
+            try:
+                return self._authorized(method, path, **kwargs)
+            except _Temporary as exc:
+                raise RegistryError(
+                    f"registry {self.host} failed while trying to {what}: {exc}",
+                    f"check that the registry host '{self.host}' is reachable from this runner, then rerun",
+                    temporary=True,
+                ) from exc
         deadline = time.monotonic() + self._budget_s
         delay = 0.5
         attempts = 0
@@ -157,7 +175,7 @@ class Transport:
                 self.base + path,
                 headers=headers,
                 auth=auth,
-                timeout=REQUEST_TIMEOUT_S,
+                timeout=kwargs.pop("timeout", REQUEST_TIMEOUT_S),
                 # Registries send blob downloads to their storage (ECR: S3), and requests drops
                 # the Authorization header on the way; nothing else of the API redirects.
                 allow_redirects=method == "GET" and "/blobs/" in path,
@@ -236,6 +254,29 @@ class Transport:
             )
 
 
+class _Hashed:
+    """A blob on its way from one registry to another: read once, front to back, hashed as it
+    goes. `__len__` lets requests send a Content-Length instead of chunked encoding."""
+
+    def __init__(self, source: IO[bytes], size: int) -> None:
+        self._source = source
+        self._size = size
+        self._hash = hashlib.sha256()
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, amount: int = -1) -> bytes:
+        data = self._source.read(amount if amount and amount > 0 else 1 << 20)
+        self._hash.update(data)
+        self.count += len(data)
+        return data
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
 def _scope(path: str) -> str:
     """Tokens are scoped to a repository: /v2/<name>/manifests/... and /v2/<name>/blobs/..."""
     return re.split(r"/(?:manifests|blobs)/", path, maxsplit=1)[0]
@@ -275,8 +316,10 @@ class RegistryClient:
         """/v2/<repository>/<kind>/<reference>, for names that are exactly what they claim:
         digests and tags come from registry answers and plans too, and one with a slash or
         a newline would address something else."""
-        valid_reference = DIGEST_RE.fullmatch(reference) or (
-            kind == "manifests" and TAG_RE.fullmatch(reference)
+        valid_reference = (
+            DIGEST_RE.fullmatch(reference)
+            or (kind == "manifests" and TAG_RE.fullmatch(reference))
+            or (kind, reference) in (("blobs", "uploads/"), ("tags", "list"))
         )
         if not REPOSITORY_RE.fullmatch(repository) or not valid_reference:
             asked = shown(f"{repository}:{reference}", 120)
@@ -385,6 +428,115 @@ class RegistryClient:
             yield cast("IO[bytes]", response.raw)
         finally:
             response.close()
+
+    def has_blob(self, repository: str, digest: str) -> bool:
+        what = f"look up blob {digest[:19]} in {repository}"
+        response = self.transport.request("HEAD", self._path(repository, "blobs", digest), what)
+        if response.status_code == 404:
+            return False
+        self._expect(response, 200, what)
+        return True
+
+    def start_upload(self, repository: str, mount: tuple[str, str] | None = None) -> str | None:
+        """Open a blob upload and return its URL path; with `mount` = (digest, repository on
+        this registry), ask the registry to link the blob instead: None when it did (201),
+        else the upload it opened (registries that do not mount answer 202, as the spec says)."""
+        path = f"/v2/{repository}/blobs/uploads/"
+        self._path(repository, "blobs", mount[0] if mount else "sha256:" + "0" * 64)  # validates
+        params = {}
+        if mount:
+            if not REPOSITORY_RE.fullmatch(mount[1]):
+                raise RegistryError(
+                    f"refused to mount from '{shown(mount[1], 120)}'", "check the source image"
+                )
+            params = {"mount": mount[0], "from": mount[1]}
+        what = f"start an upload to {repository}"
+        response = self.transport.request("POST", path, what, params=params)
+        if mount and response.status_code == 201:
+            return None
+        self._expect(response, 202, what)
+        return self._upload_path(response, what)
+
+    def upload_blob(self, location: str, digest: str, size: int, body: IO[bytes]) -> None:
+        """Send the whole blob in one PATCH (streamed from `body`), then close the upload with
+        its digest, which the registry checks against what it received. One try each: the
+        caller retries the whole upload, since a stream cannot be rewound."""
+        what = f"upload blob {digest[:19]}"
+        sent = _Hashed(body, size)
+        try:
+            response = self.transport.request(
+                "PATCH",
+                location,
+                what,
+                once=True,
+                data=sent,
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                timeout=(REQUEST_TIMEOUT_S, UPLOAD_STALL_S),
+            )
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # The source's download broke while it was being sent (reset, short read).
+            raise RegistryError(
+                f"the transfer of blob {digest[:19]} broke: {_short(exc)}",
+                "check both registries are reachable from this runner, then rerun",
+                temporary=True,
+            ) from exc
+        self._expect(response, 202, what)
+        if sent.digest() != digest:
+            # Closing the upload would fail the same way at the target; say which side lied.
+            raise RegistryError(
+                f"the source sent {sent.count} bytes hashing to {sent.digest()} for blob {digest}",
+                "the source registry or a proxy altered the content: check the source registry "
+                "and the network path, then rerun",
+            )
+        location = self._upload_path(response, what)
+        separator = "&" if "?" in location else "?"
+        response = self.transport.request("PUT", f"{location}{separator}digest={digest}", what, once=True)
+        self._expect(response, 201, what)
+
+    def tags(self, repository: str) -> list[str]:
+        """Every tag of the repository, following the registry's pages."""
+        path = self._path(repository, "tags", "list") + "?n=1000"
+        found: list[str] = []
+        what = f"list the tags of {repository}"
+        for _ in range(1000):
+            response = self.transport.request("GET", path, what)
+            if response.status_code == 404:
+                return found
+            self._expect(response, 200, what)
+            try:
+                body = response.json()
+            except ValueError as exc:
+                raise RegistryError(
+                    f"registry {self.host} answered {what} with something that is not JSON",
+                    "check that 'registry' is an OCI registry",
+                ) from exc
+            found += [t for t in (body.get("tags") or []) if isinstance(t, str) and TAG_RE.fullmatch(t)]
+            following = re.search(r"<([^>]+)>;\s*rel=\"?next\"?", response.headers.get("Link", ""))
+            if not following:
+                return found
+            path = self._same_host(following.group(1), what)
+        return found
+
+    def _upload_path(self, response: requests.Response, what: str) -> str:
+        location = response.headers.get("Location", "")
+        if not location:
+            raise RegistryError(
+                f"registry {self.host} gave no upload location to {what}",
+                "check that 'registry' is an OCI registry",
+            )
+        return self._same_host(location, what)
+
+    def _same_host(self, url: str, what: str) -> str:
+        """A URL the registry handed back, as a path on this registry: the login goes with
+        it, so a registry answer must not send it elsewhere."""
+        parts = urlsplit(url)
+        if parts.netloc and parts.netloc.lower() != self.host.lower():
+            raise RegistryError(
+                f"registry {self.host} sent the request to {what} to another host "
+                f"({shown(parts.netloc, 80)}); the login was not sent there",
+                "use the registry's own endpoint for 'registry'",
+            )
+        return parts.path + (f"?{parts.query}" if parts.query else "")
 
     def _expect(self, response: requests.Response, status: int, what: str) -> None:
         if response.status_code == status:

@@ -28,7 +28,7 @@ from entrypoint.lambda_checks import (
     facts_from_registry,
     parse_invoke_mode,
 )
-from entrypoint.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE
+from entrypoint.reference import parse_image_uri
 from entrypoint.registry import CredentialScope, RegistryClient, Transport
 from entrypoint.tfplan import PlanImages, PlannedImage, images_in_plan, load_plan
 
@@ -124,32 +124,6 @@ def parse_verify(raw: Mapping[str, str], workspace: Path) -> VerifyInputs:
 
 
 # ----------------------------------------------------------------------------- images
-
-
-@dataclass(frozen=True)
-class ImageUri:
-    text: str
-    host: str
-    repository: str
-    tag: str | None
-    digest: str | None
-
-
-def parse_image_uri(text: str) -> ImageUri | None:
-    """registry/repository[:tag][@sha256:...], or None when it is not one."""
-    name, at, digest = text.partition("@")
-    host, slash, path = name.partition("/")
-    if not slash or not ("." in host or ":" in host or host == "localhost"):
-        return None
-    repository, tag = path, None
-    last = path.rsplit("/", 1)[-1]
-    if ":" in last:
-        repository, _, tag = path.rpartition(":")
-    if not REPOSITORY_RE.fullmatch(repository) or (tag is not None and not TAG_RE.fullmatch(tag)):
-        return None
-    if at and not DIGEST_RE.fullmatch(digest):
-        return None
-    return ImageUri(text=text, host=host, repository=repository, tag=tag, digest=digest or None)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,10 @@ def test_second_publish_moves_env_and_latest_and_keeps_first_commit_tag(
     # The earlier image stays addressable by its commit tag, for rollback.
     assert digest_of(registry, repo, first_sha) == first_digest
     assert f"was {first_digest}" in second.stdout
+    # Where preprod was is recorded for rollback, once: the first publish moved nothing.
+    [history] = [t for t in registry.tags(repo) if t.startswith("history-preprod-")]
+    assert digest_of(registry, repo, history) == first_digest
+    assert f"{history} -> {first_digest} (where preprod was, for rollback)" in second.stdout
 
 
 def test_rerun_of_the_same_commit_is_idempotent(

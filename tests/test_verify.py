@@ -13,7 +13,9 @@ import yaml
 
 from entrypoint.cli import main
 from entrypoint.inputs import read_raw
-from entrypoint.verify import VERIFY_INPUTS, images_in_plan, parse_image_uri, parse_verify
+from entrypoint.reference import parse_image_uri
+from entrypoint.tfplan import images_in_plan
+from entrypoint.verify import VERIFY_INPUTS, parse_verify
 from tests.lambda_images import Images
 from tests.support.act import CHECKOUT, consumer
 from tests.support.oci import push_index_with_attestation

@@ -73,6 +73,25 @@ data "aws_iam_policy_document" "ecr_lambda_pull" {
       values   = ["arn:${data.aws_partition.current.partition}:lambda:${var.region}:${data.aws_caller_identity.current.account_id}:function:*"]
     }
   }
+
+  # Cross-account promotion: the next environment's deploy role (another account) reads
+  # this repository's images to copy them, byte for byte, into its own. Read-only.
+  dynamic "statement" {
+    for_each = length(var.pull_principal_arns) > 0 ? [1] : []
+    content {
+      sid = "PromoteFromThisRepository"
+      actions = [
+        "ecr:BatchGetImage",
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:GetDownloadUrlForLayer",
+      ]
+
+      principals {
+        type        = "AWS"
+        identifiers = var.pull_principal_arns
+      }
+    }
+  }
 }
 
 resource "aws_ecr_repository_policy" "this" {

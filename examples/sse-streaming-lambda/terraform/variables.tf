@@ -52,3 +52,9 @@ variable "timeout" {
     error_message = "timeout must be between 1 and 900 seconds."
   }
 }
+
+variable "pull_principal_arns" {
+  description = "IAM role ARNs of other accounts that may pull this repository's images to promote them (the prod deploy role, on preprod's repository). Empty: none."
+  type        = list(string)
+  default     = []
+}

@@ -1,0 +1,145 @@
+"""Moving tags in one repository, shared by publish, promote and rollback.
+
+The order is the product's promise: refuse up front when an immutable tag would have to
+move; record where the environment tag pointed before it moves (the history rollback reads);
+move the tags, putting back what moved if a later one fails; then read every tag back.
+
+The history is kept by the registry itself: `history-<env>-<UTC time>` names the image the
+environment tag left. Tags sort by time; the newest is where `<env>` pointed before its last
+move. They are new tags each time, so immutable repositories take them too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from entrypoint import github
+from entrypoint.cancel import Cancelled
+from entrypoint.errors import PushRejectedError, RegistryError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from entrypoint.ecr import Repository
+    from entrypoint.registry import Descriptor, Manifest, RegistryClient
+
+HISTORY_PREFIX = "history-"
+_STAMP = "%Y%m%d-%H%M%S-%f"
+_STAMP_RE = r"\d{8}-\d{6}-\d{6}"
+
+
+@dataclass(frozen=True)
+class Place:
+    """A repository on a registry, with what its tags named when the run began."""
+
+    registry: RegistryClient
+    repository: Repository
+    current: dict[str, Descriptor | None]
+
+    @property
+    def name(self) -> str:
+        return self.repository.name
+
+    def reference(self, tag: str) -> str:
+        return f"{self.registry.host}/{self.name}:{tag}"
+
+
+def look_up(registry: RegistryClient, repository: Repository, tags: Iterable[str]) -> Place:
+    current = {tag: registry.head_manifest(repository.name, tag) for tag in dict.fromkeys(tags)}
+    for tag, found in current.items():
+        if found:
+            github.info(f"  {tag} is now {found.digest}")
+    return Place(registry, repository, current)
+
+
+def history_tag(env: str, now: datetime | None = None) -> str:
+    return f"{HISTORY_PREFIX}{env}-{(now or datetime.now(timezone.utc)).strftime(_STAMP)}"
+
+
+def history(place: Place, env: str) -> list[str]:
+    """The environment's history tags, newest first."""
+    pattern = re.compile(rf"{re.escape(HISTORY_PREFIX + env)}-{_STAMP_RE}")
+    return sorted((t for t in place.registry.tags(place.name) if pattern.fullmatch(t)), reverse=True)
+
+
+def require_movable(place: Place, moving: Iterable[str], *, stays: str | None = None, nothing: str) -> None:
+    """Refuse before anything is written when an immutable tag would have to move. `stays`:
+    a tag (the commit tag) that is fine where it is if it already names the new image."""
+    repository = place.repository
+    existing = place.current.get(stays) if stays else None
+    destination = existing.digest if existing and repository.tag_is_immutable(stays or "") else None
+    stuck = [
+        f"{tag} (at {found.digest[:19]}…)"
+        for tag in moving
+        if (found := place.current.get(tag))
+        and repository.tag_is_immutable(tag)
+        and found.digest != destination
+    ]
+    if stuck:
+        raise PushRejectedError(
+            f"repository {repository.name} has immutable tags ({repository.mutability}) and "
+            f"{', '.join(stuck)} cannot move to a new image; {nothing}",
+            'set image_tag_mutability = "MUTABLE" on the aws_ecr_repository, or '
+            "IMMUTABLE_WITH_EXCLUSION with exclusion filters for the environment and latest tags "
+            "(deploys still pin the digest)",
+        )
+
+
+def put(place: Place, tag: str, manifest: Manifest) -> None:
+    """Point `tag` at `manifest`, unless it already does."""
+    current = place.current.get(tag) or place.registry.head_manifest(place.name, tag)
+    if current and current.digest == manifest.digest:
+        github.info(f"  {tag} already points at {manifest.digest}")
+        return
+    place.registry.put_manifest(place.name, tag, manifest)
+    github.info(f"  {tag} -> {manifest.digest}")
+
+
+def move(place: Place, moving: Iterable[str], manifest: Manifest, *, env: str) -> None:
+    """Move each tag to `manifest`; the environment tag's old image goes into the history
+    first. On failure or cancel, tags that already moved are put back."""
+    registry, name = place.registry, place.name
+    moved: list[tuple[str, Manifest]] = []
+    try:
+        for tag in moving:
+            before = place.current.get(tag)
+            if before and before.digest == manifest.digest:
+                github.info(f"  {tag} already points at {manifest.digest}")
+                continue
+            previous = registry.get_manifest(name, before.digest) if before else None
+            if previous and tag == env:
+                recorded = history_tag(env)
+                registry.put_manifest(name, recorded, previous)
+                github.info(f"  {recorded} -> {previous.digest} (where {env} was, for rollback)")
+            registry.put_manifest(name, tag, manifest)
+            github.info(f"  {tag} -> {manifest.digest}" + (f" (was {before.digest})" if before else ""))
+            if previous:
+                moved.append((tag, previous))
+    except (RegistryError, Cancelled):
+        for tag, previous in reversed(moved):
+            try:
+                registry.put_manifest(name, tag, previous)
+                github.info(f"  restored {tag} -> {previous.digest}")
+            except RegistryError as exc:
+                github.warning(f"could not restore {tag} to {previous.digest}: {exc.cause}")
+        raise
+
+
+def verify(
+    place: Place, tags: Iterable[str], digest: str, reference: Callable[[str], str] | None = None
+) -> None:
+    """Every tag must now resolve to `digest`: anything else means another run moved it."""
+    show = reference or place.reference
+    for tag in tags:
+        found = place.registry.head_manifest(place.name, tag)
+        if found is None or found.digest != digest:
+            raise RegistryError(
+                f"after the push, {show(tag)} resolves to "
+                f"{found.digest if found else 'nothing'}, not {digest}",
+                "another job may be publishing to the same tags: serialise deploys with a "
+                "`concurrency` group per environment, then rerun",
+            )
+        github.info(f"  {show(tag)} = {digest}")
