@@ -16,6 +16,7 @@ import yaml
 
 from entrypoint.inputs import PROMOTE_INPUTS, ROLLBACK_INPUTS
 from tests.lambda_images import Images
+from tests.support.act import consumer
 from tests.support.oci import push_index_with_attestation
 from tests.support.run import REGION, REPO_ROOT, Run, run_entrypoint
 from tests.support.stack import ECR_PASSWORD, ECR_USER, Registry
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
     from tests.conftest import MakeRepository
+    from tests.support.workspace import Workspace
 
 COMMIT = "c0ffee" + "0" * 34
 
@@ -339,3 +341,71 @@ def test_each_environment_reads_its_own_history(
     assert eu.code == 0, eu.log
     assert eu.outputs["digest"] == one
     assert registry.manifest(target, "prod")[0] == two
+
+
+def test_promote_then_rollback_in_a_consumer_workflow(
+    images: Images,
+    app_v1: str,
+    app_v2: str,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    aws_env: dict[str, str],
+    workspace: Workspace,
+    action_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Under act: promote twice in one job (the repository@digest form a job output carries),
+    then a second job rolls the environment back to where the first promotion put it."""
+    target = ecr_repository()
+    one_repo, one = _source(images, app_v1, registry)
+    two_repo, two = _source(images, app_v2, registry)
+    run = consumer(
+        workspace,
+        tmp_path,
+        f"""\
+        name: release
+        on: push
+        jobs:
+          prod:
+            runs-on: ubuntu-latest
+            outputs:
+              digest: ${{{{ steps.second.outputs.digest }}}}
+            steps:
+              - uses: owner/lambda-image-publish/promote@v1
+                with:
+                  source: {one_repo}@{one}
+                  env: prod
+                  region: {REGION}
+                  repository: {target}
+                  registry: {registry.host}
+              - id: second
+                uses: owner/lambda-image-publish/promote@v1
+                with:
+                  source: {registry.host}/{two_repo}@{two}
+                  env: prod
+                  region: {REGION}
+                  repository: {target}
+                  registry: {registry.host}
+          back:
+            needs: prod
+            runs-on: ubuntu-latest
+            steps:
+              - id: rollback
+                uses: owner/lambda-image-publish/rollback@v1
+                with:
+                  env: prod
+                  region: {REGION}
+                  repository: {target}
+                  registry: {registry.host}
+              - run: |
+                  echo "OUT promoted=${{{{ needs.prod.outputs.digest }}}}"
+                  echo "OUT now=${{{{ steps.rollback.outputs.digest }}}}"
+                  echo "OUT uri=${{{{ steps.rollback.outputs.image-uri }}}}"
+        """,
+        action_dir,
+        aws_env,
+    )
+    assert run.code == 0, run.log
+    assert run.values("back") == {"promoted": two, "now": one, "uri": f"{registry.host}/{target}@{one}"}
+    assert registry.manifest(target, "prod")[0] == one
+    assert run.commands("prod", "error") == run.commands("back", "error") == []
