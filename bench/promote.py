@@ -56,6 +56,9 @@ RESULTS = REPO_ROOT / "bench" / "promote-results.md"
 START, END = "<!-- bench-promote:start -->", "<!-- bench-promote:end -->"
 REGION = "eu-west-2"
 COMMIT = "b" * 40
+# The fresh engines attach to a bridge of their own: with `--bridge none` dockerd deletes the
+# stack engine's docker0.
+BRIDGE = "benchbr0"
 EXAMPLE = REPO_ROOT / "examples" / "sse-streaming-lambda"
 
 
@@ -106,6 +109,24 @@ def by_action(env: dict[str, str], source: str, target: Registry, repository: st
 
 
 @contextlib.contextmanager
+def own_bridge() -> Iterator[None]:
+    """The bridge the fresh engines attach to, made here and removed afterwards."""
+    made = subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True, check=False).returncode != 0
+    if made:
+        for argv in (
+            ["ip", "link", "add", BRIDGE, "type", "bridge"],
+            ["ip", "addr", "add", "172.31.254.1/24", "dev", BRIDGE],
+            ["ip", "link", "set", BRIDGE, "up"],
+        ):
+            subprocess.run(argv, check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        if made:
+            subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
 def fresh_engine(root: Path) -> Iterator[str]:
     """A dockerd of its own on an empty data root; yields its DOCKER_HOST. No bridge or
     iptables, so it leaves the stack's engine alone; it reaches the registries on loopback."""
@@ -114,7 +135,7 @@ def fresh_engine(root: Path) -> Iterator[str]:
     log = (root / "dockerd.log").open("wb")
     process = subprocess.Popen(
         ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-         "--pidfile", str(root / "dockerd.pid"), "--host", f"unix://{socket}", "--bridge", "none",
+         "--pidfile", str(root / "dockerd.pid"), "--host", f"unix://{socket}", "--bridge", BRIDGE,
          "--iptables=false", "--ip6tables=false", "--containerd-namespace", f"bench{os.getpid()}",
          "--containerd-plugins-namespace", f"bench{os.getpid()}p"],
         stdout=log, stderr=subprocess.STDOUT,
@@ -170,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[tuple[str, str], list[float]] = {}
     size = 0
     with (
+        own_bridge(),
         MotoServer() as moto,
         Registry(user=ECR_USER, password=ECR_PASSWORD) as preprod,
         Registry(user=ECR_USER, password=ECR_PASSWORD) as prod,
