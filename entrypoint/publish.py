@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,18 +75,19 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
         if hint:
             github.notice(hint)
 
-    with github.stage("check the Docker engine"):
-        engine = Engine.connect()
-        builder = buildkit.detect_builder()
-        github.info(f"  builder: {builder.kind} ({builder.version}), driver {builder.driver}")
-        support = cache.check_supported(inputs.cache, builder)
-        if support.note:
-            github.info(f"  cache: {support.note}")
-
+    # The engine and CLI probes (a few docker CLI runs) overlap the ECR login (network round
+    # trips): neither has side effects, and a fault in either is reported all the same.
     target: Target | None = None
-    if inputs.push:
-        with github.stage("log in to Amazon ECR"):
-            plan, target = _connect(plan)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-probe") as pool:
+        probing = pool.submit(_probe_engine, inputs.cache)
+        if inputs.push:
+            with github.stage("log in to Amazon ECR"):
+                plan, target = _connect(plan)
+        with github.stage("check the Docker engine"):
+            engine, builder, support = probing.result()
+            github.info(f"  builder: {builder.kind} ({builder.version}), driver {builder.driver}")
+            if support.note:
+                github.info(f"  cache: {support.note}")
 
     manifest: Manifest | None = None
     source: Fingerprint | None = None
@@ -134,6 +136,12 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
         digest=manifest.digest,
         references=tuple(plan.reference(t) for t in plan.tags),
     )
+
+
+def _probe_engine(mode: cache.CacheMode) -> tuple[Engine, buildkit.Builder, cache.CacheSupport]:
+    engine = Engine.connect()
+    builder = buildkit.detect_builder()
+    return engine, builder, cache.check_supported(mode, builder)
 
 
 def _check_secrets(inputs: PublishInputs, environ: Mapping[str, str]) -> None:
