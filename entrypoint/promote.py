@@ -18,7 +18,8 @@ from entrypoint.ecr import Ecr
 from entrypoint.errors import CheckError, RegistryError
 from entrypoint.plan import resolve_commit
 from entrypoint.publish import PublishResult
-from entrypoint.registry import CredentialScope, Manifest, RegistryClient, Transport
+from entrypoint.registry import Manifest, RegistryClient
+from entrypoint.transport import CredentialScope, Transport
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -150,6 +151,7 @@ def promote(inputs: PromoteInputs, environ: Mapping[str, str]) -> PublishResult:
     with github.stage("move " + ", ".join(moving)):
         tags.move(place, moving, manifest, env=inputs.env)
     with github.stage("verify the registry"):
+        tags.settle(place, moving, manifest, env=inputs.env)
         tags.verify(place, (commit, *moving), manifest.digest)
     return PublishResult(
         registry=target_host,
@@ -183,6 +185,7 @@ def rollback(inputs: RollbackInputs) -> PublishResult:
     with github.stage("move " + ", ".join(moving)):
         tags.move(place, moving, manifest, env=inputs.env)
     with github.stage("verify the registry"):
+        tags.settle(place, moving, manifest, env=inputs.env)
         tags.verify(place, moving, manifest.digest)
     return PublishResult(
         registry=host,

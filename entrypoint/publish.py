@@ -18,7 +18,8 @@ from entrypoint.errors import InputError, PushRejectedError
 from entrypoint.fingerprint import Fingerprint, compute_fingerprint, included_paths_under, resolve_with_engine
 from entrypoint.plan import Plan, make_plan
 from entrypoint.reference import is_loopback
-from entrypoint.registry import CredentialScope, Descriptor, Manifest, RegistryClient, Transport
+from entrypoint.registry import Descriptor, Manifest, RegistryClient
+from entrypoint.transport import CredentialScope, Transport
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -124,6 +125,7 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
     with github.stage("move " + ", ".join(plan.moving_tags)):
         tags.move(target.place, plan.moving_tags, manifest, env=plan.inputs.env)
     with github.stage("verify the registry"):
+        tags.settle(target.place, plan.moving_tags, manifest, env=plan.inputs.env)
         tags.verify(target.place, plan.tags, manifest.digest, plan.reference)
         if source is not None:
             # Recorded last, so only a complete, verified publish can be reused by a later run.

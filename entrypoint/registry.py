@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -20,10 +19,16 @@ import requests
 import urllib3
 
 from entrypoint.errors import PushRejectedError, RegistryError, shown
-from entrypoint.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE, hostname, is_ecr, is_loopback
+from entrypoint.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE
+from entrypoint.transport import (
+    REQUEST_TIMEOUT_S,
+    Transport,
+    registry_message,
+    short_error,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -33,10 +38,6 @@ IMAGE_MANIFESTS = (DOCKER_MANIFEST, OCI_MANIFEST)
 INDEXES = (DOCKER_LIST, OCI_INDEX)
 ACCEPT = ", ".join((*IMAGE_MANIFESTS, *INDEXES))
 
-# The whole time one operation may spend retrying before it reports the registry as down;
-# with the 5 s request timeout this keeps the error line within 30 s of the fault.
-RETRY_BUDGET_S = 20.0
-REQUEST_TIMEOUT_S = 5.0
 # A layer upload may take long, but never this long without the registry reading from it.
 UPLOAD_STALL_S = 30.0
 
@@ -66,194 +67,6 @@ class Manifest:
         return Descriptor(digest=self.digest, media_type=self.media_type, size=len(self.raw))
 
 
-def scheme_for(host: str) -> str:
-    """Plain HTTP only for loopback registries, as the Docker engine itself allows."""
-    return "http" if is_loopback(host) else "https"
-
-
-@dataclass(frozen=True)
-class CredentialScope:
-    """Where the ECR login may be sent: the registry the login names, Amazon ECR registry
-    hosts, and hosts the workflow author typed into an input. A host that only a plan, an
-    image URI or a registry answer names gets nothing: a pull request that changes a
-    Terraform image_uri must not receive the deploy role's registry token."""
-
-    login_registry: str
-    named: tuple[tuple[str, str], ...] = ()  # (host, the input that named it)
-
-    def allows(self, host: str) -> bool:
-        host = host.lower()
-        return (
-            host == self.login_registry.lower()
-            or is_ecr(host)
-            or any(host == named.lower() for named, _ in self.named)
-        )
-
-    def require(self, host: str, where: str, input_name: str = "registry") -> None:
-        if not self.allows(host):
-            raise RegistryError(
-                f"refused to send the ECR login to {host}, which {where} names: it is neither "
-                f"the ECR registry the login is for ({self.login_registry}), an ECR registry "
-                "host, nor a host given in an input",
-                f"if {host} is your registry (a proxy or mirror of ECR), set the '{input_name}' "
-                "input to it; otherwise fix the image URI",
-            )
-
-
-class _Temporary(Exception):
-    """A failure worth another try: connection refused, timeout, 429, 5xx."""
-
-
-class Transport:
-    def __init__(
-        self,
-        host: str,
-        username: str,
-        password: str,
-        *,
-        scope: CredentialScope,
-        where: str = "the 'registry' input",
-        budget_s: float = RETRY_BUDGET_S,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        # Refused here, before any request: the credentials never leave for a host out of scope.
-        scope.require(host, where)
-        self.host = host
-        self.base = f"{scheme_for(host)}://{host}"
-        self._auth = (username, password)
-        self._bearer: dict[str, str] = {}
-        self._budget_s = budget_s
-        self._sleep = sleep
-        self._session = requests.Session()
-
-    def request(
-        self, method: str, path: str, what: str, *, once: bool = False, **kwargs: Any
-    ) -> requests.Response:
-        """Send one request with authentication, retrying temporary failures within budget.
-
-        `once`: a single try, for a body that is a stream and cannot be sent again; a
-        temporary failure is then a `RegistryError` with `temporary` set, for the caller's
-        own retry of the whole transfer."""
-        if once:
-            try:
-                return self._authorized(method, path, **kwargs)
-            except _Temporary as exc:
-                raise RegistryError(
-                    f"registry {self.host} failed while trying to {what}: {exc}",
-                    f"check that the registry host '{self.host}' is reachable from this runner, then rerun",
-                    temporary=True,
-                ) from exc
-        deadline = time.monotonic() + self._budget_s
-        delay = 0.5
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                return self._authorized(method, path, **kwargs)
-            except _Temporary as exc:
-                if time.monotonic() + delay >= deadline:
-                    raise RegistryError(
-                        f"registry {self.host} is unreachable while trying to {what}: {exc} "
-                        f"({attempts} tries in {self._budget_s:.0f} s)",
-                        f"check that the registry host '{self.host}' is right and reachable from "
-                        "this runner (VPC endpoint, proxy, firewall), then rerun",
-                    ) from exc
-                self._sleep(delay)
-                delay = min(delay * 2, 4.0)
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = dict(kwargs.pop("headers", {}))
-        token = self._bearer.get(_scope(path))
-        auth = None
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        else:
-            auth = self._auth
-        try:
-            response = self._session.request(
-                method,
-                self.base + path,
-                headers=headers,
-                auth=auth,
-                timeout=kwargs.pop("timeout", REQUEST_TIMEOUT_S),
-                # Registries send blob downloads to their storage (ECR: S3), and requests drops
-                # the Authorization header on the way; nothing else of the API redirects.
-                allow_redirects=method == "GET" and "/blobs/" in path,
-                **kwargs,
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise _Temporary(_short(exc)) from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise _Temporary(f"HTTP {response.status_code} {response.text[:200]}")
-        return response
-
-    def _authorized(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        response = self._send(method, path, **dict(kwargs))
-        challenge = response.headers.get("WWW-Authenticate", "")
-        if response.status_code == 401 and challenge.lower().startswith("bearer"):
-            # Token-auth registries (proxies, mirrors) trade the basic credentials for a token.
-            self._bearer[_scope(path)] = self._token(challenge)
-            response = self._send(method, path, **dict(kwargs))
-        if response.status_code == 401:
-            raise RegistryError(
-                f"registry {self.host} refused the login for user '{self._auth[0]}' "
-                f"(HTTP 401: {_registry_message(response)})",
-                "make sure 'registry' is the ECR registry of this account and region (or "
-                "accepts its credentials) and the role may call ecr:GetAuthorizationToken",
-            )
-        return response
-
-    def _token(self, challenge: str) -> str:
-        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-        realm = params.pop("realm", "")
-        if not realm:
-            raise RegistryError(
-                f"registry {self.host} asked for a token without a realm",
-                "use a registry that supports basic or token authentication",
-            )
-        self._require_realm(realm)
-        try:
-            reply = self._session.get(
-                realm, params=params, auth=self._auth, timeout=REQUEST_TIMEOUT_S, allow_redirects=False
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise _Temporary(_short(exc)) from exc
-        if reply.status_code != 200:
-            raise RegistryError(
-                f"registry {self.host}'s token service refused the login (HTTP {reply.status_code})",
-                "check the registry credentials",
-            )
-        try:
-            body = reply.json()
-        except ValueError as exc:
-            raise RegistryError(
-                f"registry {self.host}'s token service answered something that is not JSON",
-                "check that 'registry' is an OCI registry",
-            ) from exc
-        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise RegistryError(
-                f"registry {self.host}'s token service answered without a token",
-                "check that 'registry' is an OCI registry",
-            )
-        return token
-
-    def _require_realm(self, realm: str) -> None:
-        """The basic credentials go to a token realm only on the registry's own host, over
-        HTTPS (plain HTTP on loopback only): a challenge must not redirect them."""
-        parts = urlsplit(realm)
-        realm_host = (parts.hostname or "").lower()
-        secure = parts.scheme == "https" or (parts.scheme == "http" and is_loopback(realm_host))
-        if not secure or realm_host != hostname(self.host) or parts.username or parts.password:
-            raise RegistryError(
-                f"registry {self.host} asked for the login to be sent to the token service "
-                f"{parts.scheme}://{parts.hostname}{parts.path}, which is not HTTPS on "
-                f"{hostname(self.host)}; the login was not sent",
-                "use the registry's own endpoint for 'registry' (ECR, or a proxy that serves its "
-                "token service on its own host over HTTPS)",
-            )
-
-
 class _Hashed:
     """A blob on its way from one registry to another: read once, front to back, hashed as it
     goes. `__len__` lets requests send a Content-Length instead of chunked encoding."""
@@ -275,36 +88,6 @@ class _Hashed:
 
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
-
-
-def _scope(path: str) -> str:
-    """Tokens are scoped to a repository: /v2/<name>/manifests/... and /v2/<name>/blobs/..."""
-    return re.split(r"/(?:manifests|blobs)/", path, maxsplit=1)[0]
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    for marker in (
-        "Connection refused",
-        "timed out",
-        "Name or service not known",
-        "Temporary failure in name resolution",
-        "No route to host",
-    ):
-        if marker in text:
-            return marker.lower()
-    return text[:200]
-
-
-def _registry_message(response: requests.Response) -> str:
-    try:
-        errors = response.json().get("errors") or []
-    except ValueError:
-        return response.text[:200] or response.reason
-    if not errors:
-        return response.reason
-    first = errors[0]
-    return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
 
 
 class RegistryClient:
@@ -398,7 +181,7 @@ class RegistryClient:
         if response.status_code not in (200, 201):
             raise PushRejectedError(
                 f"registry {self.host} rejected {what} (HTTP {response.status_code}: "
-                f"{_registry_message(response)})",
+                f"{registry_message(response)})",
                 _push_fix(response),
             )
         return response.headers.get("Docker-Content-Digest", manifest.digest)
@@ -476,7 +259,7 @@ class RegistryClient:
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             # The source's download broke while it was being sent (reset, short read).
             raise RegistryError(
-                f"the transfer of blob {digest[:19]} broke: {_short(exc)}",
+                f"the transfer of blob {digest[:19]} broke: {short_error(exc)}",
                 "check both registries are reachable from this runner, then rerun",
                 temporary=True,
             ) from exc
@@ -543,20 +326,19 @@ class RegistryClient:
             return
         if response.status_code == 403:
             raise RegistryError(
-                f"registry {self.host} denied the request to {what} (HTTP 403: "
-                f"{_registry_message(response)})",
+                f"registry {self.host} denied the request to {what} (HTTP 403: {registry_message(response)})",
                 "allow the ECR image actions (ecr:BatchGetImage, ecr:PutImage, ecr:Initiate"
                 "LayerUpload, ...) on this repository to the role this job assumes",
             )
         raise RegistryError(
             f"registry {self.host} failed to {what}: HTTP {response.status_code} "
-            f"{_registry_message(response)}",
+            f"{registry_message(response)}",
             "see the registry's message; rerun if it was transient",
         )
 
 
 def _push_fix(response: requests.Response) -> str:
-    text = _registry_message(response).lower()
+    text = registry_message(response).lower()
     if "immutable" in text or "already exists" in text:
         return (
             'the repository\'s tags are immutable: set image_tag_mutability = "MUTABLE" on the '

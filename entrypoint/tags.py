@@ -128,6 +128,37 @@ def move(place: Place, moving: Iterable[str], manifest: Manifest, *, env: str) -
         raise
 
 
+def settle(place: Place, moving: Iterable[str], manifest: Manifest, *, env: str) -> None:
+    """After the moves, with other runs perhaps publishing to the same environment: the run
+    whose image the environment tag names owns the environment, and makes the other moving
+    tags follow it; a run that finds another image there lost the race, puts back any tag
+    it moved past the winner, and fails with one line instead of claiming success."""
+    registry, name = place.registry, place.name
+    holder = registry.head_manifest(name, env)
+    others = [tag for tag in dict.fromkeys(moving) if tag != env]
+    if holder is not None and holder.digest == manifest.digest:
+        for tag in others:
+            now = registry.head_manifest(name, tag)
+            if now is None or now.digest != manifest.digest:
+                registry.put_manifest(name, tag, manifest)
+                github.info(f"  {tag} -> {manifest.digest} again (another run had moved it)")
+        return
+    winner = registry.get_manifest(name, holder.digest) if holder else None
+    for tag in others:
+        now = registry.head_manifest(name, tag)
+        if winner is not None and now is not None and now.digest == manifest.digest:
+            registry.put_manifest(name, tag, winner)
+            github.info(f"  {tag} -> {winner.digest}, with {env}")
+    raise RegistryError(
+        f"another run moved {place.reference(env)} to "
+        f"{holder.digest if holder else 'nothing'} while this run published {manifest.digest}: "
+        f"this run's image is pushed (and tagged with its commit) but {env} and latest name the "
+        "other run's",
+        "serialise deploys of one environment with a `concurrency` group; rerun this job if its "
+        "commit is the one that must be deployed",
+    )
+
+
 def verify(
     place: Place, tags: Iterable[str], digest: str, reference: Callable[[str], str] | None = None
 ) -> None:

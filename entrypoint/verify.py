@@ -29,8 +29,9 @@ from entrypoint.lambda_checks import (
     parse_invoke_mode,
 )
 from entrypoint.reference import parse_image_uri
-from entrypoint.registry import CredentialScope, RegistryClient, Transport
+from entrypoint.registry import RegistryClient
 from entrypoint.tfplan import PlanImages, PlannedImage, images_in_plan, load_plan
+from entrypoint.transport import CredentialScope, Transport
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

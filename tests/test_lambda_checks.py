@@ -20,15 +20,8 @@ from entrypoint.lambda_checks import (
     parse_invoke_mode,
     require_lambda_compatible,
 )
-from entrypoint.registry import (
-    DOCKER_LIST,
-    DOCKER_MANIFEST,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    CredentialScope,
-    RegistryClient,
-    Transport,
-)
+from entrypoint.registry import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, RegistryClient
+from entrypoint.transport import CredentialScope, Transport
 from tests.lambda_images import Images
 from tests.support.stack import ECR_PASSWORD, ECR_USER
 

@@ -14,7 +14,8 @@ from entrypoint.errors import PushRejectedError
 from entrypoint.inputs import parse_publish
 from entrypoint.plan import Plan
 from entrypoint.publish import Target, reduce_to_image_manifest
-from entrypoint.registry import CredentialScope, RegistryClient, Transport
+from entrypoint.registry import RegistryClient
+from entrypoint.transport import CredentialScope, Transport
 from tests.support.oci import push_index_with_attestation
 from tests.support.run import REGION
 from tests.support.run import publish as publish_in

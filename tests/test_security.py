@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,10 +23,11 @@ import yaml
 
 from entrypoint.buildkit import Builder, BuilderSettings, builder_settings, create_command
 from entrypoint.errors import RegistryError
-from entrypoint.registry import CredentialScope, RegistryClient, Transport
+from entrypoint.registry import RegistryClient
+from entrypoint.transport import CredentialScope, Transport
 from tests.support.act import CHECKOUT, consumer
 from tests.support.fakehttp import FakeHttp, Reply, Request
-from tests.support.run import REGION, REPO_ROOT, Run, run_entrypoint
+from tests.support.run import REGION, REPO_ROOT, Run, read_until, run_entrypoint, start_publish
 from tests.support.run import publish as publish_in
 from tests.support.stack import ECR_PASSWORD, ECR_USER
 
@@ -317,39 +317,6 @@ def _docker_child(pid: int) -> int:
 def _environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.decode().partition("=")[::2] for item in raw.split(b"\0") if item)
-
-
-def start_publish(
-    ws: Path, registry: str, tmp: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    """The entrypoint as a runner starts it, left running for the test to watch or cancel."""
-    output = tmp / "github_output"
-    output.write_text("")
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_"))}
-    full |= {
-        "PYTHONPATH": str(REPO_ROOT),
-        "GITHUB_ACTIONS": "true",
-        "GITHUB_OUTPUT": str(output),
-        "RUNNER_TEMP": str(tmp),
-        **(env or {}),
-    }
-    argv = [sys.executable, "-m", "entrypoint", "publish", "--env", "preprod", "--region", REGION]
-    argv += ["--dockerfile", "Dockerfile", "--registry", registry, *args]
-    return subprocess.Popen(
-        argv, cwd=ws, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
-
-
-def read_until(process: subprocess.Popen[str], marker: str, timeout: float = 120) -> list[str]:
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    for line in process.stdout:
-        lines.append(line)
-        if marker in line:
-            return lines
-        assert time.monotonic() < deadline, "".join(lines)
-    raise AssertionError(f"{marker!r} never printed:\n" + "".join(lines))
 
 
 def test_the_docker_cli_gets_no_aws_credentials_or_job_tokens(

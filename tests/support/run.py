@@ -143,3 +143,36 @@ def publish(
 def example_build_args(python_base: str, adapter_image: str) -> list[str]:
     """The example's public base images replaced by the locally made ones."""
     return ["--build-args", f"BASE_IMAGE={python_base}\nADAPTER_IMAGE={adapter_image}"]
+
+
+def start_publish(
+    ws: Path, registry: str, tmp: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """The entrypoint as a runner starts it, left running for the test to watch or cancel."""
+    output = tmp / "github_output"
+    output.write_text("")
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_"))}
+    full |= {
+        "PYTHONPATH": str(REPO_ROOT),
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_OUTPUT": str(output),
+        "RUNNER_TEMP": str(tmp),
+        **(env or {}),
+    }
+    argv = [sys.executable, "-m", "entrypoint", "publish", "--env", "preprod", "--region", REGION]
+    argv += ["--dockerfile", "Dockerfile", "--registry", registry, *args]
+    return subprocess.Popen(
+        argv, cwd=ws, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout: float = 120) -> list[str]:
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            return lines
+        assert time.monotonic() < deadline, "".join(lines)
+    raise AssertionError(f"{marker!r} never printed:\n" + "".join(lines))
