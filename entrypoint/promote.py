@@ -95,9 +95,7 @@ def promote(inputs: PromoteInputs, environ: Mapping[str, str]) -> PublishResult:
         github.info(f"  source      : {source.text}")
         github.info(f"  environment : {inputs.env}")
         github.info(f"  repository  : {inputs.registry or '<ECR registry>'}/{inputs.repository}")
-        github.info(
-            f"  tags        : {commit}, {', '.join(moving)} (commit tag first; the rest move after it)"
-        )
+        github.info(f"  tags        : {commit}, {', '.join(moving)} (the commit tag first, then the rest)")
 
     with github.stage("log in to Amazon ECR"):
         named = (((source.host, "source"),) if source.host else ()) + (

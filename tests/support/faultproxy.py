@@ -2,8 +2,10 @@
 
 Requests pass through unchanged, one upstream connection each, until a rule matches: then
 the proxy answers 503 itself (a burst), resets the connection after part of the request
-body has arrived (a reset mid-upload), stops reading the body for a while (a stall), or
-holds the answer back (a slow registry). The Docker engine pushes through it as it would
+body has arrived (a reset mid-upload), hands the registry that part as a whole request and
+then resets (a "cut": a reset after which the registry keeps what arrived, as registries that
+store chunks do), stops reading the body for a while (a stall), or holds the answer back (a
+slow registry). The Docker engine pushes through it as it would
 through any registry on 127.0.0.1.
 
     with FaultProxy(registry.host) as proxy:
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-Kind = Literal["503", "reset", "stall", "slow"]
+Kind = Literal["503", "reset", "cut", "stall", "slow"]
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
@@ -93,12 +95,33 @@ class FaultProxy:
         with self._lock:
             for fault in self.faults:
                 if fault.matches(method, path):
-                    # A reset or stall counts only once it fires: a body too short to reach
+                    # A reset, cut or stall counts only once it fires: a body too short to reach
                     # `after_bytes` (a small config blob) passes and leaves it armed.
-                    if fault.kind not in ("reset", "stall"):
+                    if fault.kind not in ("reset", "cut", "stall"):
                         fault.hits += 1
                     return fault
         return None
+
+    def _cut(self, handler: BaseHTTPRequestHandler, fault: Fault) -> None:
+        """Forward the first `after_bytes` of the body as a whole request, then reset."""
+        kept = _cut_body(handler, fault)
+        with self._lock:
+            fault.hits += 1
+        upstream = http.client.HTTPConnection(self.upstream, timeout=120)
+        headers = {
+            k: v for k, v in handler.headers.items() if k.lower() not in _HOP | {"host", "content-length"}
+        }
+        headers |= {"Host": self.host, "Content-Length": str(len(kept))}
+        try:
+            upstream.request(handler.command, handler.path, body=kept, headers=headers)
+            status = upstream.getresponse().status
+        finally:
+            upstream.close()
+        self.log.append(
+            f"{handler.command} {handler.path} -> cut after {len(kept)} B, registry said {status} (fault)"
+        )
+        handler.close_connection = True
+        _reset(handler.connection)
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         method, path = handler.command, handler.path
@@ -115,6 +138,12 @@ class FaultProxy:
             handler.end_headers()
             handler.wfile.write(body)
             return
+        if fault and fault.kind == "cut":
+            declared = int(handler.headers.get("Content-Length") or 0)
+            if declared > fault.after_bytes or "chunked" in handler.headers.get("Transfer-Encoding", ""):
+                self._cut(handler, fault)
+                return
+            fault = None  # too short to cut: passes, and the fault stays armed
         upstream = http.client.HTTPConnection(self.upstream, timeout=120)
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP and k.lower() != "host"}
         headers["Host"] = self.host  # the registry builds upload URLs from it: they come back here
@@ -175,6 +204,17 @@ class FaultProxy:
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a reset or cancelled connection is the point of these tests, not news
+
+
+def _cut_body(handler: BaseHTTPRequestHandler, fault: Fault) -> bytes:
+    chunked = "chunked" in handler.headers.get("Transfer-Encoding", "").lower()
+    length = int(handler.headers.get("Content-Length") or 0)
+    kept = b""
+    for data in _body(handler, chunked, length):
+        kept += data
+        if len(kept) >= fault.after_bytes:
+            break
+    return kept[: fault.after_bytes]
 
 
 def _body(handler: BaseHTTPRequestHandler, chunked: bool, length: int) -> Iterator[bytes]:
