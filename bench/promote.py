@@ -36,11 +36,12 @@ import boto3
 import docker
 
 from bench.engine import fresh_page_cache
+from bench.report import write_block
+from bench.run import _subprocess_env
 from tests.support.stack import (
     ECR_PASSWORD,
     ECR_USER,
     REPO_ROOT,
-    STACK_DIR,
     MotoServer,
     Registry,
     docker_cli,
@@ -67,19 +68,7 @@ def _say(message: str) -> None:
 
 
 def _env(moto: str, tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_", "AWS_"))}
-    absent = str(tmp / "no-aws-config")
-    return env | {
-        "PATH": f"{STACK_DIR / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-        "AWS_ENDPOINT_URL": moto,
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_CONFIG_FILE": absent,
-        "AWS_SHARED_CREDENTIALS_FILE": absent,
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "GITHUB_SHA": COMMIT,
-    }
+    return _subprocess_env(moto, tmp) | {"GITHUB_SHA": COMMIT}
 
 
 def _run(argv: list[str], env: dict[str, str], stdin: str | None = None) -> None:
@@ -241,11 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                     times.setdefault((case, approach), []).append(seconds)
                     _say(f"{case:<16} {approach:<6} run {run + 1}: {seconds:.2f} s")
     block = render(times, args.runs, size, time.monotonic() - began)
-    RESULTS.write_text("# Promotion benchmark\n\n" + block)
-    text = README.read_text()
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    README.write_text(f"{head}{START}\n{block}{END}{tail}")
+    write_block(block, RESULTS, "Promotion benchmark", README, (START, END))
     print(block)
     return 0
 

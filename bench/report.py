@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
     from bench.approaches import ApproachName
     from bench.cases import Case
@@ -324,3 +325,12 @@ def replace_readme_block(readme: str, block: str) -> str:
     if start != -1 and end > start:
         return readme[:start] + wrapped + readme[end + len(README_END) :]
     return readme.rstrip("\n") + f"\n\n{README_SECTION}\n\n{RERUN_SENTENCE}\n\n{wrapped}\n"
+
+
+def write_block(block: str, results: Path, title: str, readme: Path, markers: tuple[str, str]) -> None:
+    """`block` into its results file (under `title`) and between `markers` in the README."""
+    results.write_text(f"# {title}\n\n{block}")
+    start, end = markers
+    head, _, rest = readme.read_text().partition(start)
+    _, _, tail = rest.partition(end)
+    readme.write_text(f"{head}{start}\n{block}{end}{tail}")

@@ -40,6 +40,7 @@ import docker
 
 from bench.cases import example_workspace
 from bench.engine import fresh_page_cache
+from bench.report import write_block
 from tests.support.act import CHECKOUT, action_checkout, run_act
 from tests.support.stack import (
     ECR_PASSWORD,
@@ -116,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         whole = whole_action(tmp, action, args.runs)
     took = time.monotonic() - began
     block = render(cold, old, warm, whole, args.runs, took)
-    RESULTS.write_text("# Set-up benchmark\n\n" + block)
-    text = README.read_text()
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    README.write_text(f"{head}{START}\n{block}{END}{tail}")
+    write_block(block, RESULTS, "Set-up benchmark", README, (START, END))
     print(block)
     return 0
 
