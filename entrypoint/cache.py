@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
-from entrypoint.errors import EngineError, InputError
+from entrypoint.errors import EngineError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -68,17 +68,6 @@ class CacheSupport:
     # builder made by the action can. False: the current builder can use it as it is.
     needs_container_builder: bool
     note: str = ""  # what the action should tell the user, if anything
-
-
-def parse_cache_mode(value: str) -> CacheMode:
-    mode = value.strip() or DEFAULT_CACHE_MODE
-    for known in CACHE_MODES:
-        if mode == known:
-            return known
-    raise InputError(
-        f"input 'cache' is '{mode}', which is not a cache mode",
-        f"use one of {', '.join(CACHE_MODES)} (default {DEFAULT_CACHE_MODE})",
-    )
 
 
 def required_builder(mode: CacheMode) -> str:

@@ -16,14 +16,16 @@ from entrypoint.inputs import (
     PROMOTE_INPUTS,
     PUBLISH_INPUTS,
     ROLLBACK_INPUTS,
+    VERIFY_INPUTS,
     parse_promote,
     parse_publish,
     parse_rollback,
+    parse_verify,
     read_raw,
 )
 from entrypoint.promote import promote, rollback
 from entrypoint.publish import publish, summary
-from entrypoint.verify import VERIFY_INPUTS, parse_verify, verify
+from entrypoint.verify import verify
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,16 @@ from typing import TYPE_CHECKING, Any
 import docker
 import requests
 import urllib3
-from docker.errors import APIError, DockerException, ImageNotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from entrypoint import github
-from entrypoint.errors import EngineError, PushRejectedError, RegistryError
+from entrypoint.errors import EngineError, PushRejectedError, RegistryError, push_rejection_fix
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from docker import DockerClient
+
     from entrypoint.ecr import RegistryLogin
 
 
@@ -88,6 +93,45 @@ class Engine:
             env=tuple(config.get("Env") or ()),
             layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
         )
+
+    def has_file(self, image_id: str, path: str) -> bool:
+        """Look for a file in the image's merged filesystem through a created, never started,
+        container: the engine resolves layers and whiteouts, and nothing in the image runs."""
+        try:
+            # The entrypoint only satisfies "no command specified" for images without one.
+            created = self.client.api.create_container(
+                image_id,
+                entrypoint=["/lambda-checks-never-started"],
+                network_disabled=True,
+                labels={"lambda-image-publish.purpose": "file-check"},
+            )
+        except APIError as exc:
+            raise EngineError(
+                f"the engine could not create a container from {image_id[:19]} to look for {path}: "
+                f"{exc.explanation or exc}",
+                "check the engine's disk space and log, then rerun",
+            ) from exc
+        container_id = str(created["Id"])
+        try:
+            # HEAD /containers/{id}/archive is the engine's stat; docker-py only offers it
+            # inside get_archive, which would also start streaming the file.
+            api = self.client.api
+            response = api.head(
+                f"{api.base_url}/v{api.api_version}/containers/{container_id}/archive",
+                params={"path": path},
+            )
+            if response.status_code == 404:
+                return False
+            if response.status_code != 200:
+                raise EngineError(
+                    f"the engine answered HTTP {response.status_code} when asked for {path} in "
+                    f"{image_id[:19]}",
+                    "check the engine's log, then rerun",
+                )
+            return True
+        finally:
+            with contextlib.suppress(NotFound):
+                self.client.api.remove_container(container_id, force=True)
 
     def tag(self, source: str, repository: str, tag: str) -> None:
         self.client.api.tag(source, repository, tag, force=True)
@@ -234,6 +278,44 @@ class _Progress:
         return f" at layer {layer} ({status})"
 
 
+def resolve_with_engine(client: DockerClient) -> Callable[[str], str | None]:
+    """A resolver asking the Docker engine: the registry's manifest digest first, else the
+    local image ID. For the registry, the engine uses the credentials docker-py sends: those
+    of the docker CLI config (DOCKER_CONFIG) as it was when `client` was made.
+
+    The registry digest is what a fresh runner's build pulls. A builder with the `docker`
+    driver would use a local image of that name instead, without pulling; the digest still
+    moves when the registry's image does, which is the update worth rebuilding for.
+    """
+    known: dict[str, str | None] = {}
+
+    def resolve(ref: str) -> str | None:
+        if ref not in known:
+            known[ref] = _identity(client, ref)
+        return known[ref]
+
+    return resolve
+
+
+def _identity(client: DockerClient, ref: str) -> str | None:
+    # A digest-pinned reference is its own identity: no need to ask anyone.
+    pinned = re.search(r"@(sha256:[0-9a-f]{64})$", ref)
+    if pinned:
+        return pinned.group(1)
+    try:
+        found = client.api.inspect_distribution(ref)
+        digest = (found.get("Descriptor") or {}).get("digest")
+        if digest:
+            return str(digest)
+    except (DockerException, requests.RequestException):
+        pass  # no registry, no credentials, or no such image there: try the engine's own
+    try:
+        image_id = client.api.inspect_image(ref).get("Id")
+    except (DockerException, requests.RequestException):
+        return None
+    return str(image_id) if image_id else None
+
+
 def _first_line(exc: Exception) -> str:
     text = getattr(exc, "explanation", None) or str(exc)
     return str(text).strip().splitlines()[0][:300] if str(text).strip() else type(exc).__name__
@@ -252,16 +334,5 @@ def _push_error(reference: str, message: str) -> RegistryError:
             f"registry {host} refused the login while pushing {reference}: {message}",
             "make sure 'registry' is the ECR registry of this account and region",
         )
-    if "immutable" in lower or "tag invalid" in lower:
-        fix = (
-            'the repository\'s tags are immutable: set image_tag_mutability = "MUTABLE" on the '
-            "aws_ecr_repository (or IMMUTABLE_WITH_EXCLUSION for the moving tags)"
-        )
-    elif any(m in lower for m in ("denied", "unsupported", "forbidden", "method not allowed")):
-        fix = (
-            "the registry does not accept pushes: allow ecr:PutImage and the layer upload "
-            "actions to the role, and check the registry is not read-only"
-        )
-    else:
-        fix = "see the registry's message; rerun if it was transient"
+    fix = push_rejection_fix(0, (), message)
     return PushRejectedError(f"registry {host} rejected the push of {reference}: {message}", fix)

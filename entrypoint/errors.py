@@ -50,11 +50,17 @@ class RepositoryMissingError(ActionError):
 class RegistryError(ActionError):
     """The registry was unreachable, refused the login, or rejected an operation.
 
-    `temporary`: a network failure or a 5xx/429 that a later try may not meet."""
+    `temporary`: a network failure or a 5xx/429 that a later try may not meet. `status` and
+    `codes`: the HTTP status and the registry's error codes (OCI `errors[].code`), when it
+    answered."""
 
-    def __init__(self, cause: str, fix: str, *, temporary: bool = False) -> None:
+    def __init__(
+        self, cause: str, fix: str, *, temporary: bool = False, status: int = 0, codes: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(cause, fix)
         self.temporary = temporary
+        self.status = status
+        self.codes = codes
 
 
 class PushRejectedError(RegistryError):
@@ -67,3 +73,33 @@ class CheckError(ActionError):
 
 class VerifyError(ActionError):
     """The verify gate found images that Terraform must not deploy."""
+
+
+IMMUTABLE_TAGS_FIX = (
+    'set image_tag_mutability = "MUTABLE" on the aws_ecr_repository, or IMMUTABLE_WITH_EXCLUSION '
+    "with exclusion filters for the environment and latest tags (deploys still pin the digest)"
+)
+
+
+def push_rejection_fix(status: int, codes: tuple[str, ...], message: str) -> str:
+    """The one mapping from a refused write (a manifest PUT, or the engine's push) to its
+    fix: by the registry's error codes and status where it gave them, else by its words
+    (the engine passes the registry's message on as text)."""
+    text = message.lower()
+    if (
+        "TAG_INVALID" in codes
+        or "ImageTagAlreadyExistsException" in codes
+        or any(word in text for word in ("immutable", "tag invalid", "already exists"))
+    ):
+        return f"the repository's tags are immutable: {IMMUTABLE_TAGS_FIX}"
+    if (
+        status in (401, 403, 405)
+        or "DENIED" in codes
+        or "UNAUTHORIZED" in codes
+        or any(word in text for word in ("denied", "unsupported", "forbidden", "method not allowed"))
+    ):
+        return (
+            "the registry does not accept pushes here: allow ecr:PutImage and the layer upload "
+            "actions to the role this job assumes, and check the registry is not read-only"
+        )
+    return "see the registry's message; rerun if it was transient"

@@ -1,4 +1,4 @@
-"""Inputs of the publish action: read once, validated once, frozen.
+"""Inputs of every action (publish, verify, promote, rollback): read once, validated once, frozen.
 
 `read_raw` is the only reader of `INPUT_*` (through actions-toolkit, which names them as
 the runner does: `INPUT_` + the name upper-cased, hyphens kept) and of the command-line
@@ -9,6 +9,7 @@ the file system it is told to look at.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -16,11 +17,10 @@ from typing import TYPE_CHECKING
 from actions_toolkit import core
 
 from entrypoint.buildkit import cli_reads
-from entrypoint.cache import CacheMode, parse_cache_mode
+from entrypoint.cache import CACHE_MODES, DEFAULT_CACHE_MODE, CacheMode
 from entrypoint.errors import InputError
-from entrypoint.lambda_checks import parse_invoke_mode
 from entrypoint.reference import DIGEST_RE, REGISTRY_RE, REPOSITORY_RE, TAG_RE, ImageUri, parse_image_uri
-from entrypoint.smoke import SmokeSpec, parse_smoke
+from entrypoint.smoke import DEFAULT_PORT, HTTP_RE, SMOKE_FORMS, SmokeSpec
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -58,6 +58,8 @@ SHA_RE = re.compile(r"[0-9a-f]{40}")
 SECRET_WORDS = re.compile(
     r"(?i)(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|PASS|APIKEY|API_KEY|KEY|CREDENTIALS?|AUTH)(?:_|$)"
 )
+# A function URL's invoke modes, as the inputs spell them.
+INVOKE_MODES = ("buffered", "response-stream")
 # Lambda runs container images on these two architectures only.
 PLATFORMS = ("linux/amd64", "linux/arm64")
 # Tags the action manages itself; a user tag with these prefixes would be overwritten.
@@ -419,3 +421,110 @@ def parse_rollback(raw: Mapping[str, str]) -> RollbackInputs:
         to=to,
         platform=parse_platform(raw),
     )
+
+
+# ------------------------------------------------------------------ shared by the actions
+
+
+def parse_invoke_mode(value: str | None, name: str = "invoke-mode") -> str | None:
+    """'buffered' or 'response-stream' (Terraform's BUFFERED / RESPONSE_STREAM too), else None."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    mode = text.lower().replace("_", "-")
+    if mode not in INVOKE_MODES:
+        raise InputError(
+            f"input '{name}' is '{text}', not a Lambda invoke mode",
+            "use response-stream (function URL invoke_mode RESPONSE_STREAM) or buffered, or leave "
+            "it empty to skip the check",
+        )
+    return mode
+
+
+def parse_smoke(value: str, name: str = "smoke") -> SmokeSpec | None:
+    text = value.strip()
+    if text.lower() in ("", "none"):
+        return None
+    if text == "auto":
+        return SmokeSpec(kind="auto")
+    if text == "invoke" or text.startswith("invoke:"):
+        event = text.partition(":")[2].strip() or "{}"
+        try:
+            json.loads(event)
+        except ValueError as exc:
+            raise InputError(
+                f"input '{name}' has the event '{event}', which is not JSON ({exc})",
+                'write the event as JSON after "invoke:", e.g. invoke:{"path": "/health"}',
+            ) from exc
+        return SmokeSpec(kind="invoke", event=event)
+    match = HTTP_RE.fullmatch(text)
+    if match and (match["port"] or match["path"]):
+        port = int(match["port"] or DEFAULT_PORT)
+        if not 1 <= port <= 65535:
+            raise InputError(f"input '{name}' has the port {port}, outside 1-65535", SMOKE_FORMS)
+        return SmokeSpec(kind="http", port=port, path=match["path"] or "/")
+    raise InputError(f"input '{name}' is '{text}', which is not a smoke test", SMOKE_FORMS)
+
+
+def parse_cache_mode(value: str) -> CacheMode:
+    mode = value.strip() or DEFAULT_CACHE_MODE
+    for known in CACHE_MODES:
+        if mode == known:
+            return known
+    raise InputError(
+        f"input 'cache' is '{mode}', which is not a cache mode",
+        f"use one of {', '.join(CACHE_MODES)} (default {DEFAULT_CACHE_MODE})",
+    )
+
+
+# --------------------------------------------------------------------------- verify
+
+VERIFY_INPUTS = ("image-uris", "plan", "region", "registry", "platform", "invoke-mode")
+
+
+@dataclass(frozen=True)
+class VerifyInputs:
+    image_uris: tuple[str, ...]
+    plan: Path | None
+    region: str
+    registry: str | None
+    platform: str
+    invoke_mode: str | None
+
+
+def parse_verify(raw: Mapping[str, str], workspace: Path) -> VerifyInputs:
+    image_uris = tuple(dict.fromkeys(line.strip() for line in raw.get("image-uris", "").splitlines()))
+    image_uris = tuple(uri for uri in image_uris if uri)
+    plan_value = raw.get("plan", "").strip()
+    plan: Path | None = None
+    if plan_value:
+        plan = path_in(workspace, "plan", plan_value)
+        if not plan.is_file():
+            raise InputError(
+                f"plan file '{plan_value}' does not exist (looked for {plan})",
+                "write it before this step with terraform plan -out=tfplan and terraform show "
+                "-json tfplan > plan.json, and give its path relative to the workspace (a step's "
+                "working-directory does not apply to action inputs)",
+            )
+    if not image_uris and plan is None:
+        raise InputError(
+            "neither 'image-uris' nor 'plan' was given, so there is nothing to verify",
+            "pass the plan (terraform show -json output) as 'plan', or the images as 'image-uris'",
+        )
+    platform = raw.get("platform", "").strip() or DEFAULT_PLATFORM
+    if platform not in PLATFORMS:
+        raise InputError(
+            f"input 'platform' is '{platform}', which Lambda cannot run",
+            f"use one of {', '.join(PLATFORMS)} (Lambda's x86_64 and arm64)",
+        )
+    return VerifyInputs(
+        image_uris=image_uris,
+        plan=plan,
+        region=parse_region(raw),
+        registry=parse_registry(raw),
+        platform=platform,
+        invoke_mode=parse_invoke_mode(raw.get("invoke-mode", "")),
+    )
+
+
+# ----------------------------------------------------------------------------- images

@@ -12,7 +12,6 @@ or at the first invoke, which is too late to learn of them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tarfile
 import zlib
@@ -21,17 +20,22 @@ from typing import IO, TYPE_CHECKING, Any
 
 import requests
 import urllib3.exceptions
-from docker.errors import APIError, NotFound
 
-from entrypoint.engine import Engine
-from entrypoint.errors import CheckError, EngineError, InputError, RegistryError
-from entrypoint.registry import DOCKER_LIST, IMAGE_MANIFESTS, OCI_INDEX
+from entrypoint.errors import CheckError, InputError, RegistryError
+from entrypoint.inputs import parse_invoke_mode
+from entrypoint.registry import (
+    DOCKER_LIST,
+    IMAGE_MANIFESTS,
+    OCI_INDEX,
+    index_entries,
+    index_images,
+    platform_of,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable
 
-    import docker
-
+    from entrypoint.engine import Engine
     from entrypoint.registry import Manifest, RegistryClient
 
 # Lambda's quota is on the uncompressed image, all layers included.
@@ -41,15 +45,12 @@ MAX_IMAGE_BYTES = 10 * 1024**3
 WEB_ADAPTER_PATH = "/opt/extensions/lambda-adapter"
 WEB_ADAPTER_ENV = "AWS_LWA_INVOKE_MODE"
 # BuildKit marks provenance and SBOM manifests in an index with this annotation.
-ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
-ATTESTATION_MANIFEST = "attestation-manifest"
 
 # platform input -> (architecture in the image config, Lambda's name in `architectures`)
 LAMBDA_PLATFORMS: dict[str, tuple[str, str]] = {
     "linux/amd64": ("amd64", "x86_64"),
     "linux/arm64": ("arm64", "arm64"),
 }
-INVOKE_MODES = ("buffered", "response-stream")
 
 _KIND = {
     OCI_INDEX: "an OCI image index",
@@ -88,21 +89,6 @@ class Violation:
 
     def line(self) -> str:
         return f"{self.rule}: found {self.found}"
-
-
-def parse_invoke_mode(value: str | None, name: str = "invoke-mode") -> str | None:
-    """'buffered' or 'response-stream' (Terraform's BUFFERED / RESPONSE_STREAM too), else None."""
-    text = (value or "").strip()
-    if not text:
-        return None
-    mode = text.lower().replace("_", "-")
-    if mode not in INVOKE_MODES:
-        raise InputError(
-            f"input '{name}' is '{text}', not a Lambda invoke mode",
-            "use response-stream (function URL invoke_mode RESPONSE_STREAM) or buffered, or leave "
-            "it empty to skip the check",
-        )
-    return mode
 
 
 @dataclass(frozen=True)
@@ -312,9 +298,9 @@ def _env(entries: Iterable[str]) -> dict[str, str]:
 # ------------------------------------------------------------------------------ engine
 
 
-def facts_from_engine(client: docker.DockerClient, reference: str) -> ImageFacts:
+def facts_from_engine(engine: Engine, reference: str) -> ImageFacts:
     """Facts of an image in the engine: its config, its uncompressed size, the adapter file."""
-    image = Engine(client).image(reference)
+    image = engine.image(reference)
     return ImageFacts(
         reference=reference,
         media_type=None,
@@ -325,47 +311,8 @@ def facts_from_engine(client: docker.DockerClient, reference: str) -> ImageFacts
         entrypoint=image.entrypoint,
         cmd=image.cmd,
         env=_env(image.env),
-        has_web_adapter=_engine_has_file(client, image.id, WEB_ADAPTER_PATH),
+        has_web_adapter=engine.has_file(image.id, WEB_ADAPTER_PATH),
     )
-
-
-def _engine_has_file(client: docker.DockerClient, image_id: str, path: str) -> bool:
-    """Look for a file in the image's merged filesystem through a created, never started,
-    container: the engine resolves layers and whiteouts, and nothing in the image runs."""
-    try:
-        # The entrypoint only satisfies "no command specified" for images without one.
-        created = client.api.create_container(
-            image_id,
-            entrypoint=["/lambda-checks-never-started"],
-            network_disabled=True,
-            labels={"lambda-image-publish.purpose": "file-check"},
-        )
-    except APIError as exc:
-        raise EngineError(
-            f"the engine could not create a container from {image_id[:19]} to look for {path}: "
-            f"{exc.explanation or exc}",
-            "check the engine's disk space and log, then rerun",
-        ) from exc
-    container_id = str(created["Id"])
-    try:
-        # HEAD /containers/{id}/archive is the engine's stat; docker-py only offers it
-        # inside get_archive, which would also start streaming the file.
-        api = client.api
-        response = api.head(
-            f"{api.base_url}/v{api.api_version}/containers/{container_id}/archive",
-            params={"path": path},
-        )
-        if response.status_code == 404:
-            return False
-        if response.status_code != 200:
-            raise EngineError(
-                f"the engine answered HTTP {response.status_code} when asked for {path} in {image_id[:19]}",
-                "check the engine's log, then rerun",
-            )
-        return True
-    finally:
-        with contextlib.suppress(NotFound):
-            client.api.remove_container(container_id, force=True)
 
 
 # ---------------------------------------------------------------------------- registry
@@ -399,13 +346,13 @@ def facts_from_registry(
     }
     image: Manifest | None = top
     if top.is_index:
-        entries = [e for e in top.json().get("manifests") or [] if isinstance(e, dict)]
-        attestations = [e for e in entries if _is_attestation(e)]
-        images = [e for e in entries if not _is_attestation(e)]
+        entries = index_entries(top)
+        images = index_images(top)
+        attestations = [e for e in entries if e not in images]
         facts["is_index"] = True
         facts["attestation_manifests"] = len(attestations)
-        facts["index_platforms"] = tuple(_platform(e) for e in images)
-        chosen = next((e for e in images if _platform(e) == platform), images[0] if images else None)
+        facts["index_platforms"] = tuple(platform_of(e) for e in images)
+        chosen = next((e for e in images if platform_of(e) == platform), images[0] if images else None)
         image = registry.get_manifest(repository, str(chosen["digest"])) if chosen else None
     if image is None or image.media_type not in IMAGE_MANIFESTS:
         return ImageFacts(**facts)
@@ -425,17 +372,6 @@ def facts_from_registry(
         has_web_adapter=_layers_have_adapter(registry, repository, layers) if find_adapter else None,
     )
     return ImageFacts(**facts)
-
-
-def _is_attestation(entry: Mapping[str, Any]) -> bool:
-    annotations = entry.get("annotations") or {}
-    return annotations.get(ATTESTATION_ANNOTATION) == ATTESTATION_MANIFEST
-
-
-def _platform(entry: Mapping[str, Any]) -> str:
-    platform = entry.get("platform") or {}
-    name = f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
-    return f"{name}/{platform['variant']}" if platform.get("variant") else name
 
 
 def _json_blob(registry: RegistryClient, repository: str, digest: str) -> dict[str, Any]:

@@ -10,53 +10,20 @@ Both check the image against Lambda's rules before they write anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from entrypoint import github, lambda_checks, tags, transfer
-from entrypoint.ecr import Ecr
 from entrypoint.errors import CheckError, RegistryError
 from entrypoint.plan import resolve_commit
 from entrypoint.publish import PublishResult
-from entrypoint.registry import Manifest, RegistryClient
-from entrypoint.transport import CredentialScope, Transport
+from entrypoint.registry import index_entries, index_images, platform_of
+from entrypoint.session import open_session
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from entrypoint.ecr import RegistryLogin
     from entrypoint.inputs import PromoteInputs, RollbackInputs
-
-
-@dataclass(frozen=True)
-class Session:
-    """One ECR login, and a registry client per host it may be sent to."""
-
-    ecr: Ecr
-    login: RegistryLogin
-    scope: CredentialScope
-
-    def client(self, host: str, where: str) -> RegistryClient:
-        return RegistryClient(
-            Transport(host, self.login.username, self.login.password, scope=self.scope, where=where)
-        )
-
-
-def open_session(region: str, named: tuple[tuple[str, str], ...]) -> Session:
-    """Log in to ECR. One token serves every ECR registry the role may read or write, so a
-    cross-account promotion needs no second login."""
-    ecr = Ecr(region)
-    login = ecr.login()
-    github.mask(login.password)
-    github.info(f"  logged in as {login.username} (registry {login.registry})")
-    return Session(ecr, login, CredentialScope(login.registry, named))
-
-
-def _platform_of(entry: Mapping[str, object]) -> str:
-    platform = entry.get("platform")
-    if not isinstance(platform, dict):
-        return "no platform"
-    return f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
+    from entrypoint.registry import Manifest, RegistryClient
 
 
 def _checked(registry: RegistryClient, repository: str, manifest: Manifest, platform: str | None) -> str:
@@ -64,11 +31,10 @@ def _checked(registry: RegistryClient, repository: str, manifest: Manifest, plat
     platform (the input's, else the image's own when Lambda runs it)."""
     reference = f"{registry.host}/{repository}@{manifest.digest}"
     if manifest.is_index:
-        entries = [e for e in manifest.json().get("manifests") or [] if isinstance(e, dict)]
+        entries = index_entries(manifest)
         images = [
-            f"{registry.host}/{repository}@{e.get('digest', '')} ({_platform_of(e)})"
-            for e in entries
-            if not (e.get("annotations") or {}).get("vnd.docker.reference.type")
+            f"{registry.host}/{repository}@{e.get('digest', '')} ({platform_of(e)})"
+            for e in index_images(manifest)
         ]
         inside = "; ".join(images) if images else "none: publish it again with provenance attestations off"
         raise CheckError(

@@ -12,20 +12,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrypoint import buildkit, cache, github, lambda_checks, layering, smoke, tags
-from entrypoint.ecr import Ecr
-from entrypoint.engine import Engine
+from entrypoint.engine import Engine, resolve_with_engine
 from entrypoint.errors import InputError, PushRejectedError
-from entrypoint.fingerprint import Fingerprint, compute_fingerprint, included_paths_under, resolve_with_engine
+from entrypoint.fingerprint import Fingerprint, compute_fingerprint, included_paths_under
 from entrypoint.plan import Plan, make_plan
 from entrypoint.reference import is_loopback
-from entrypoint.registry import Descriptor, Manifest, RegistryClient
-from entrypoint.transport import CredentialScope, Transport
+from entrypoint.registry import index_images, platform_of
+from entrypoint.session import open_session
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from entrypoint.ecr import RegistryLogin, Repository
     from entrypoint.inputs import PublishInputs
+    from entrypoint.registry import Descriptor, Manifest, RegistryClient
 
 
 @dataclass(frozen=True)
@@ -297,7 +297,7 @@ def _check(plan: Plan, engine: Engine, image_id: str) -> None:
     """Lambda's rules on the built image, then its smoke boot: before anything is pushed."""
     inputs = plan.inputs
     with github.stage("check the image against Lambda's rules"):
-        facts = lambda_checks.facts_from_engine(engine.client, plan.local_image)
+        facts = lambda_checks.facts_from_engine(engine, plan.local_image)
         lambda_checks.require_lambda_compatible(facts, inputs.platform, inputs.invoke_mode)
         github.info(f"  {facts.os}/{facts.architecture}, {facts.size / 1e6:.1f} MB, entrypoint ok")
         notice = lambda_checks.invoke_mode_notice(facts, inputs.invoke_mode)
@@ -336,17 +336,16 @@ def _check(plan: Plan, engine: Engine, image_id: str) -> None:
 
 
 def _connect(plan: Plan) -> tuple[Plan, Target]:
-    ecr = Ecr(plan.inputs.region)
-    login = ecr.login()
-    github.mask(login.password)
+    session = open_session(
+        plan.inputs.region, ((plan.inputs.registry, "registry"),) if plan.inputs.registry else ()
+    )
+    login = session.login
     plan = plan.with_registry(plan.inputs.registry or login.registry)
     assert plan.registry is not None
-    named = ((plan.inputs.registry, "registry"),) if plan.inputs.registry else ()
-    scope = CredentialScope(login.registry, named)
-    registry = RegistryClient(Transport(plan.registry, login.username, login.password, scope=scope))
+    registry = session.client(plan.registry, "the 'registry' input")
     registry.ping()
     github.info(f"  logged in to {plan.registry} as {login.username}")
-    repository = ecr.repository(plan.inputs.repository)
+    repository = session.ecr.repository(plan.inputs.repository)
     github.info(f"  repository {repository.name} exists (tags {repository.mutability})")
     current = {tag: registry.head_manifest(repository.name, tag) for tag in plan.tags}
     for tag, found in current.items():
@@ -417,11 +416,8 @@ def _push_commit_tag(engine: Engine, plan: Plan, target: Target, image_id: str) 
 
 def reduce_to_image_manifest(plan: Plan, target: Target, index: Manifest) -> Manifest:
     """Engines with the containerd image store push an index; Lambda wants the image itself."""
-    os_, arch = plan.inputs.platform.split("/")
-    for entry in index.json().get("manifests", []):
-        platform = entry.get("platform") or {}
-        attestation = (entry.get("annotations") or {}).get("vnd.docker.reference.type")
-        if platform.get("os") == os_ and platform.get("architecture") == arch and not attestation:
+    for entry in index_images(index):
+        if platform_of(entry) == plan.inputs.platform:
             name = target.repository.name
             manifest = target.registry.get_manifest(name, entry["digest"])
             target.registry.put_manifest(name, plan.commit_tag, manifest)

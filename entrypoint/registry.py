@@ -18,11 +18,12 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from entrypoint.errors import PushRejectedError, RegistryError, shown
+from entrypoint.errors import PushRejectedError, RegistryError, push_rejection_fix, shown
 from entrypoint.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE
 from entrypoint.transport import (
     REQUEST_TIMEOUT_S,
     Transport,
+    registry_codes,
     registry_message,
     short_error,
 )
@@ -47,6 +48,10 @@ class Descriptor:
     digest: str
     media_type: str
     size: int
+
+
+# BuildKit marks the attestation manifests of an index with this annotation.
+ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
 
 
 @dataclass(frozen=True)
@@ -179,10 +184,12 @@ class RegistryClient:
             data=manifest.raw,
         )
         if response.status_code not in (200, 201):
+            message, codes = registry_message(response), registry_codes(response)
             raise PushRejectedError(
-                f"registry {self.host} rejected {what} (HTTP {response.status_code}: "
-                f"{registry_message(response)})",
-                _push_fix(response),
+                f"registry {self.host} rejected {what} (HTTP {response.status_code}: {message})",
+                push_rejection_fix(response.status_code, codes, message),
+                status=response.status_code,
+                codes=codes,
             )
         return response.headers.get("Docker-Content-Digest", manifest.digest)
 
@@ -337,17 +344,18 @@ class RegistryClient:
         )
 
 
-def _push_fix(response: requests.Response) -> str:
-    text = registry_message(response).lower()
-    if "immutable" in text or "already exists" in text:
-        return (
-            'the repository\'s tags are immutable: set image_tag_mutability = "MUTABLE" on the '
-            "aws_ecr_repository (or IMMUTABLE_WITH_EXCLUSION excluding the environment and "
-            "latest tags)"
-        )
-    if response.status_code in (403, 405) or "denied" in text or "unsupported" in text:
-        return (
-            "the registry does not accept pushes here: check the role's ecr:PutImage permission "
-            "and that the registry is not read-only"
-        )
-    return "see the registry's message above"
+def index_entries(index: Manifest) -> list[dict[str, Any]]:
+    return [e for e in index.json().get("manifests") or [] if isinstance(e, dict)]
+
+
+def index_images(index: Manifest) -> list[dict[str, Any]]:
+    """The image entries of an index, its attestation manifests left out: the one place
+    that tells them apart, for the checks, the publish that reduces an index, and promote."""
+    return [e for e in index_entries(index) if not (e.get("annotations") or {}).get(ATTESTATION_ANNOTATION)]
+
+
+def platform_of(entry: dict[str, Any]) -> str:
+    """os/architecture[/variant] of an index entry."""
+    platform = entry.get("platform") or {}
+    name = f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
+    return f"{name}/{platform['variant']}" if platform.get("variant") else name

@@ -20,7 +20,6 @@ here, with the Dockerfile fix. The container is always removed, whatever happene
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import threading
 import time
@@ -31,7 +30,7 @@ import requests
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from entrypoint import github
-from entrypoint.errors import CheckError, EngineError, InputError
+from entrypoint.errors import CheckError, EngineError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -57,9 +56,9 @@ LAMBDA_USER = "993:990"
 # Lambda's /tmp: the only writable path, 512 MB by default.
 LAMBDA_TMPFS = {"/tmp": "rw,exec,nosuid,size=512m,mode=1777"}  # noqa: S108 - inside the container
 DEFAULT_MEMORY_MB = 512
-_HTTP_RE = re.compile(r"^(?:(?P<port>\d{1,5}))?(?P<path>/\S*)?$")
+HTTP_RE = re.compile(r"^(?:(?P<port>\d{1,5}))?(?P<path>/\S*)?$")
 _POLL_S = 0.25
-_FORMS = (
+SMOKE_FORMS = (
     "use 'none', 'auto' (the Lambda Web Adapter's port and readiness path from the image), "
     "'8080/health' or '/health' (GET, port 8080 by default, expects 2xx), or "
     "'invoke' / 'invoke:{\"key\": \"value\"}' (POST the event to the Runtime Interface Emulator "
@@ -109,31 +108,6 @@ class SmokeResult:
     spec: SmokeSpec
     detail: str
     seconds: float
-
-
-def parse_smoke(value: str, name: str = "smoke") -> SmokeSpec | None:
-    text = value.strip()
-    if text.lower() in ("", "none"):
-        return None
-    if text == "auto":
-        return SmokeSpec(kind="auto")
-    if text == "invoke" or text.startswith("invoke:"):
-        event = text.partition(":")[2].strip() or "{}"
-        try:
-            json.loads(event)
-        except ValueError as exc:
-            raise InputError(
-                f"input '{name}' has the event '{event}', which is not JSON ({exc})",
-                'write the event as JSON after "invoke:", e.g. invoke:{"path": "/health"}',
-            ) from exc
-        return SmokeSpec(kind="invoke", event=event)
-    match = _HTTP_RE.fullmatch(text)
-    if match and (match["port"] or match["path"]):
-        port = int(match["port"] or DEFAULT_PORT)
-        if not 1 <= port <= 65535:
-            raise InputError(f"input '{name}' has the port {port}, outside 1-65535", _FORMS)
-        return SmokeSpec(kind="http", port=port, path=match["path"] or "/")
-    raise InputError(f"input '{name}' is '{text}', which is not a smoke test", _FORMS)
 
 
 def smoke_boot(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from entrypoint import github
 from entrypoint.cancel import Cancelled
-from entrypoint.errors import PushRejectedError, RegistryError
+from entrypoint.errors import IMMUTABLE_TAGS_FIX, PushRejectedError, RegistryError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -82,9 +82,7 @@ def require_movable(place: Place, moving: Iterable[str], *, stays: str | None = 
         raise PushRejectedError(
             f"repository {repository.name} has immutable tags ({repository.mutability}) and "
             f"{', '.join(stuck)} cannot move to a new image; {nothing}",
-            'set image_tag_mutability = "MUTABLE" on the aws_ecr_repository, or '
-            "IMMUTABLE_WITH_EXCLUSION with exclusion filters for the environment and latest tags "
-            "(deploys still pin the digest)",
+            IMMUTABLE_TAGS_FIX,
         )
 
 

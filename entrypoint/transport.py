@@ -234,6 +234,15 @@ def short_error(exc: Exception) -> str:
     return text[:200]
 
 
+def registry_codes(response: requests.Response) -> tuple[str, ...]:
+    """The OCI error codes of an answer (`{"errors": [{"code": ...}]}`), if it has any."""
+    try:
+        errors = response.json().get("errors") or []
+    except (ValueError, AttributeError):
+        return ()
+    return tuple(str(e.get("code", "")) for e in errors if isinstance(e, dict) and e.get("code"))
+
+
 def registry_message(response: requests.Response) -> str:
     try:
         errors = response.json().get("errors") or []

@@ -17,29 +17,24 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
 from entrypoint import github
-from entrypoint.ecr import Ecr
-from entrypoint.errors import InputError, RegistryError, VerifyError
-from entrypoint.inputs import DEFAULT_PLATFORM, PLATFORMS, parse_region, parse_registry, path_in
+from entrypoint.errors import RegistryError, VerifyError
 from entrypoint.lambda_checks import (
     UNKNOWN_FUNCTION,
     FunctionSetting,
     ImageFacts,
     check_image,
     facts_from_registry,
-    parse_invoke_mode,
 )
 from entrypoint.reference import parse_image_uri
-from entrypoint.registry import RegistryClient
+from entrypoint.session import Session, open_session
 from entrypoint.tfplan import PlanImages, PlannedImage, images_in_plan, load_plan
-from entrypoint.transport import CredentialScope, Transport
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
-    from pathlib import Path
+    from collections.abc import Iterable
 
-    from entrypoint.ecr import RegistryLogin
+    from entrypoint.inputs import VerifyInputs
+    from entrypoint.registry import RegistryClient
 
-VERIFY_INPUTS = ("image-uris", "plan", "region", "registry", "platform", "invoke-mode")
 
 OK = "ok"
 MISSING = "missing"
@@ -77,54 +72,6 @@ MISSING_FIX = (
     "the registry, repository and digest in the URI"
 )
 INVALID_FIX = "give image URIs as <registry host>/<repository>@sha256:<64 hex digits>"
-
-
-@dataclass(frozen=True)
-class VerifyInputs:
-    image_uris: tuple[str, ...]
-    plan: Path | None
-    region: str
-    registry: str | None
-    platform: str
-    invoke_mode: str | None
-
-
-def parse_verify(raw: Mapping[str, str], workspace: Path) -> VerifyInputs:
-    image_uris = tuple(dict.fromkeys(line.strip() for line in raw.get("image-uris", "").splitlines()))
-    image_uris = tuple(uri for uri in image_uris if uri)
-    plan_value = raw.get("plan", "").strip()
-    plan: Path | None = None
-    if plan_value:
-        plan = path_in(workspace, "plan", plan_value)
-        if not plan.is_file():
-            raise InputError(
-                f"plan file '{plan_value}' does not exist (looked for {plan})",
-                "write it before this step with terraform plan -out=tfplan and terraform show "
-                "-json tfplan > plan.json, and give its path relative to the workspace (a step's "
-                "working-directory does not apply to action inputs)",
-            )
-    if not image_uris and plan is None:
-        raise InputError(
-            "neither 'image-uris' nor 'plan' was given, so there is nothing to verify",
-            "pass the plan (terraform show -json output) as 'plan', or the images as 'image-uris'",
-        )
-    platform = raw.get("platform", "").strip() or DEFAULT_PLATFORM
-    if platform not in PLATFORMS:
-        raise InputError(
-            f"input 'platform' is '{platform}', which Lambda cannot run",
-            f"use one of {', '.join(PLATFORMS)} (Lambda's x86_64 and arm64)",
-        )
-    return VerifyInputs(
-        image_uris=image_uris,
-        plan=plan,
-        region=parse_region(raw),
-        registry=parse_registry(raw),
-        platform=platform,
-        invoke_mode=parse_invoke_mode(raw.get("invoke-mode", "")),
-    )
-
-
-# ----------------------------------------------------------------------------- images
 
 
 @dataclass(frozen=True)
@@ -224,43 +171,22 @@ def verify(inputs: VerifyInputs) -> VerifyReport:
     if inputs.plan is not None:
         with github.stage(f"read the plan {inputs.plan.name}"):
             planned = images_in_plan(load_plan(inputs.plan))
-            for item in planned.deployed:
-                if item.unknown:
-                    found = Finding(item.address, "(known after apply)", UNKNOWN, UNKNOWN_DETAIL, UNKNOWN_FIX)
-                    wanted.append((item.address, found, item))
-                elif item.image_uri is None:
-                    found = Finding(item.address, "(none)", INVALID, "has no image_uri", INVALID_FIX)
-                    wanted.append((item.address, found, item))
-                else:
-                    wanted.append((item.address, item.image_uri, item))
+            wanted += [(item.address, _planned_target(item), item) for item in planned.deployed]
             report.notes.extend(_plan_notes(planned))
             for note in report.notes:
                 github.info(f"  {note}")
 
-    rows: list[Finding | _Wanted] = []
-    for source, target, function in wanted:
-        if isinstance(target, Finding):
-            rows.append(target)
-        elif (uri := parse_image_uri(target)) is None:
-            rows.append(Finding(source, target, INVALID, "is not an image URI", INVALID_FIX))
-        elif uri.digest is None:
-            rows.append(Finding(source, target, UNPINNED, UNPINNED_DETAIL, UNPINNED_FIX))
-        else:
-            key = (inputs.registry or uri.host, uri.repository, uri.digest)
-            rows.append(_wanted(inputs, source, target, key, function))
-
+    rows = [_row(inputs, source, target, function) for source, target, function in wanted]
     looked_up = [row for row in rows if isinstance(row, _Wanted)]
     keys = list(dict.fromkeys(row.key for row in looked_up))
     facts: dict[_Key, ImageFacts | tuple[str, str, str]] = {}
     if keys:
         with github.stage("log in to Amazon ECR"):
-            login = Ecr(inputs.region).login()
-            github.mask(login.password)
-            github.info(f"  logged in as {login.username} (registry {login.registry})")
+            session = open_session(inputs.region, ((inputs.registry, "registry"),) if inputs.registry else ())
         with github.stage(f"check {len(keys)} image(s) in the registry"):
             # Layers are read only for images some function needs an invoke mode from.
             adapters = {row.key for row in looked_up if row.invoke_mode is not None}
-            facts = _read_all(inputs, login, keys, adapters)
+            facts = _read_all(inputs, session, keys, adapters)
     elif not rows:
         github.notice("nothing to verify: " + "; ".join(report.notes))
     report.findings = [
@@ -272,6 +198,31 @@ def verify(inputs: VerifyInputs) -> VerifyReport:
     for finding in report.failures:
         github.info(f"  ✘ {finding.source}: {finding.image} {finding.detail}")
     return report
+
+
+def _planned_target(item: PlannedImage) -> str | Finding:
+    """The image URI a planned function gets, or the finding when the plan cannot say."""
+    if item.unknown:
+        return Finding(item.address, "(known after apply)", UNKNOWN, UNKNOWN_DETAIL, UNKNOWN_FIX)
+    if item.image_uri is None:
+        return Finding(item.address, "(none)", INVALID, "has no image_uri", INVALID_FIX)
+    return item.image_uri
+
+
+def _row(
+    inputs: VerifyInputs, source: str, target: str | Finding, function: PlannedImage | None
+) -> Finding | _Wanted:
+    """A finding made without the registry, or what to look up in it."""
+    if isinstance(target, Finding):
+        return target
+    uri = parse_image_uri(target)
+    if uri is None:
+        return Finding(source, target, INVALID, "is not an image URI", INVALID_FIX)
+    if uri.digest is None:
+        return Finding(source, target, UNPINNED, UNPINNED_DETAIL, UNPINNED_FIX)
+    return _wanted(
+        inputs, source, target, (inputs.registry or uri.host, uri.repository, uri.digest), function
+    )
 
 
 def _wanted(inputs: VerifyInputs, source: str, image: str, key: _Key, item: PlannedImage | None) -> _Wanted:
@@ -306,22 +257,17 @@ def _plan_notes(planned: PlanImages) -> list[str]:
 
 
 def _read_all(
-    inputs: VerifyInputs, login: RegistryLogin, keys: Iterable[_Key], adapters: set[_Key]
+    inputs: VerifyInputs, session: Session, keys: Iterable[_Key], adapters: set[_Key]
 ) -> dict[_Key, ImageFacts | tuple[str, str, str]]:
     """Each image's facts from its registry, or (status, detail, fix) when it cannot be had."""
     clients: dict[str, RegistryClient | RegistryError] = {}
     found: dict[_Key, ImageFacts | tuple[str, str, str]] = {}
-    named = ((inputs.registry, "registry"),) if inputs.registry else ()
-    scope = CredentialScope(login.registry, named)
     for key in keys:
         host, repository, digest = key
         if host not in clients:
             # One login check per host, so an unreachable registry costs one retry budget.
             try:
-                transport = Transport(
-                    host, login.username, login.password, scope=scope, where="the image URI"
-                )
-                client = RegistryClient(transport)
+                client = session.client(host, "the image URI")
                 client.ping()
                 clients[host] = client
             except RegistryError as exc:

@@ -20,10 +20,10 @@ from entrypoint.cache import (
     buildx_version,
     cache_arguments,
     check_supported,
-    parse_cache_mode,
     required_builder,
 )
 from entrypoint.errors import EngineError, InputError
+from entrypoint.inputs import parse_cache_mode
 from tests.support.stack import Registry, docker_cli
 
 if TYPE_CHECKING:

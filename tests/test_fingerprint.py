@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 from docker.utils.build import exclude_paths
 
+from entrypoint.engine import resolve_with_engine
 from entrypoint.fingerprint import (
     TAG_PREFIX,
     Fingerprint,
@@ -22,7 +23,6 @@ from entrypoint.fingerprint import (
     hashed_paths,
     included_paths,
     included_paths_under,
-    resolve_with_engine,
 )
 from tests.support.stack import Registry, docker_cli
 

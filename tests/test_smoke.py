@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from entrypoint.errors import CheckError, InputError
-from entrypoint.smoke import RIE_PATH, SmokeSpec, parse_smoke, smoke_boot
+from entrypoint.inputs import parse_smoke
+from entrypoint.smoke import RIE_PATH, SmokeSpec, smoke_boot
 from tests.lambda_images import Images
 from tests.support.run import REGION
 

@@ -12,10 +12,9 @@ import pytest
 import yaml
 
 from entrypoint.cli import main
-from entrypoint.inputs import read_raw
+from entrypoint.inputs import VERIFY_INPUTS, parse_verify, read_raw
 from entrypoint.reference import parse_image_uri
 from entrypoint.tfplan import images_in_plan
-from entrypoint.verify import VERIFY_INPUTS, parse_verify
 from tests.lambda_images import Images
 from tests.support.act import CHECKOUT, consumer
 from tests.support.oci import push_index_with_attestation

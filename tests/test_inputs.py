@@ -1,0 +1,149 @@
+"""Every action's inputs, parsed without running anything: each bad value is one InputError
+naming the input, the value and the fix; good values become the frozen object the command
+uses. (One end-to-end invalid-input test, in test_publish_errors, checks that such an error
+stops a publish before any side effect.)"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import pytest
+
+from entrypoint.errors import InputError
+from entrypoint.inputs import parse_promote, parse_publish, parse_rollback, parse_verify
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+DIGEST = "sha256:" + "a" * 64
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "plan.json").write_text("{}")
+    return tmp_path
+
+
+def _publish(workspace: Path, **overrides: str) -> dict[str, str]:
+    return {"env": "preprod", "region": "eu-west-2", "dockerfile": "Dockerfile", **overrides}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"env": "Prod!"}, "input 'env' is 'Prod!'"),
+        ({"env": ""}, "input 'env' is required"),
+        ({"region": "europe"}, "input 'region' is 'europe'"),
+        ({"platform": "linux/386"}, "which Lambda cannot run"),
+        ({"push": "maybe"}, "not a boolean"),
+        ({"build-args": "NOEQUALS"}, "not KEY=VALUE"),
+        ({"tags": "src-abc"}, "prefix the action reserves"),
+        ({"tags": "history-prod-1"}, "prefix the action reserves"),
+        ({"tags": "bad tag"}, "not a valid image tag"),
+        ({"repository": "Upper/Case"}, "not an ECR repository name"),
+        ({"registry": "https://example.com/x"}, "not a host[:port]"),
+        ({"dockerfile": "missing/Dockerfile"}, "Dockerfile 'missing/Dockerfile' does not exist"),
+        ({"context": "nowhere"}, "build context 'nowhere' is not a directory"),
+        ({"dockerfile": "../Dockerfile"}, "outside the workspace"),
+        ({"cache": "s3"}, "input 'cache' is 's3', which is not a cache mode"),
+        ({"smoke": "http://x"}, "input 'smoke' is 'http://x', which is not a smoke test"),
+        ({"smoke-timeout": "0"}, "input 'smoke-timeout' is '0'"),
+        ({"smoke-memory": "64"}, "input 'smoke-memory' is '64'"),
+        ({"invoke-mode": "stream"}, "input 'invoke-mode' is 'stream', not a Lambda invoke mode"),
+    ],
+)
+def test_bad_publish_inputs(workspace: Path, overrides: dict[str, str], expected: str) -> None:
+    with pytest.raises(InputError) as raised:
+        parse_publish(_publish(workspace, **overrides), workspace)
+    assert expected in raised.value.line()
+    assert raised.value.exit_code == 2
+    assert ". Fix: " in raised.value.line()
+
+
+def test_publish_inputs_and_their_defaults(workspace: Path) -> None:
+    inputs = parse_publish(
+        _publish(
+            workspace, tags="v1\nv1\nstable", **{"invoke-mode": "RESPONSE_STREAM", "smoke": "8080/health"}
+        ),
+        workspace,
+    )
+    assert inputs.repository == "preprod-sse-streaming-lambda"
+    assert inputs.extra_tags == ("v1", "stable")
+    assert (inputs.platform, inputs.push, inputs.cache) == ("linux/amd64", True, "registry-inline")
+    assert inputs.invoke_mode == "response-stream"
+    assert inputs.smoke is not None and (inputs.smoke.port, inputs.smoke.path) == (8080, "/health")
+    assert inputs.context == workspace
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        inputs.env = "prod"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"source": f"h.example/app@{DIGEST}"}, "input 'env' is required"),
+        ({"env": "prod"}, "input 'source' is required"),
+        ({"env": "prod", "source": "not a reference"}, "input 'source' is 'not a reference'"),
+        ({"env": "prod", "source": "host.example/app"}, "not an image reference with a digest or tag"),
+        ({"env": "prod", "source": "h.example/app@sha256:abc"}, "not an image reference"),
+        ({"env": "prod", "source": f"h.example/app@{DIGEST}", "platform": "linux/386"}, "Lambda cannot run"),
+        ({"env": "prod", "source": f"h.example/app@{DIGEST}", "tags": "buildcache-x"}, "prefix the action"),
+    ],
+)
+def test_bad_promote_inputs(workspace: Path, raw: dict[str, str], expected: str) -> None:
+    with pytest.raises(InputError) as raised:
+        parse_promote({"region": "eu-west-2", **raw}, workspace)
+    assert expected in raised.value.line()
+
+
+def test_promote_sources_with_and_without_a_host(workspace: Path) -> None:
+    full = parse_promote(
+        {"env": "prod", "region": "eu-west-2", "source": f"h.example:5000/a/app@{DIGEST}"}, workspace
+    )
+    assert (full.source.host, full.source.repository, full.source.digest) == (
+        "h.example:5000",
+        "a/app",
+        DIGEST,
+    )
+    assert full.repository == "prod-sse-streaming-lambda" and full.platform is None
+    bare = parse_promote({"env": "prod", "region": "eu-west-2", "source": f"preprod-app@{DIGEST}"}, workspace)
+    assert (bare.source.host, bare.source.repository, bare.source.text) == (
+        "",
+        "preprod-app",
+        f"preprod-app@{DIGEST}",
+    )
+    tagged = parse_promote(
+        {"env": "prod", "region": "eu-west-2", "source": "h.example/app:preprod"}, workspace
+    )
+    assert (tagged.source.tag, tagged.source.digest) == ("preprod", None)
+
+
+@pytest.mark.parametrize(
+    ("to", "ok"),
+    [("", "previous"), ("previous", "previous"), (DIGEST, DIGEST), ("c" * 40, "c" * 40),
+     ("sha256:abc", None), ("a b", None)],
+)  # fmt: skip
+def test_rollback_to(to: str, ok: str | None) -> None:
+    raw = {"env": "prod", "region": "eu-west-2", "to": to}
+    if ok is None:
+        with pytest.raises(InputError, match="input 'to'"):
+            parse_rollback(raw)
+    else:
+        assert parse_rollback(raw).to == ok
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({}, "nothing to verify"),
+        ({"plan": "missing.json"}, "plan file 'missing.json' does not exist"),
+        ({"plan": "../plan.json"}, "outside the workspace"),
+        ({"image-uris": "a.example/x@" + DIGEST, "platform": "linux/386"}, "linux/386"),
+        ({"image-uris": "a.example/x@" + DIGEST, "invoke-mode": "fast"}, "not a Lambda invoke mode"),
+    ],
+)
+def test_bad_verify_inputs(workspace: Path, raw: dict[str, str], expected: str) -> None:
+    with pytest.raises(InputError) as raised:
+        parse_verify({"region": "eu-west-2", **raw}, workspace)
+    assert expected in raised.value.line()
