@@ -42,9 +42,72 @@ class LocalImage:
     layers: tuple[str, ...]
 
 
+class ContainerError(Exception):
+    """The engine refused an operation on a container; the message is the engine's."""
+
+
+class Container:
+    """A container the action made (the smoke boot's), through the engine: start it, read
+    its state and log, run a command in it, find its published port, remove it."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+        self.short_id = str(container.short_id)
+
+    def start(self) -> None:
+        try:
+            self._container.start()
+        except APIError as exc:
+            raise ContainerError(str(exc.explanation or exc)) from exc
+
+    def state(self) -> dict[str, Any]:
+        """The engine's `State` (Status, ExitCode, OOMKilled, ...), as fresh as it can tell."""
+        with contextlib.suppress(APIError):
+            self._container.reload()
+        state: dict[str, Any] = self._container.attrs.get("State") or {}
+        return state
+
+    def exec(self, argv: list[str]) -> tuple[int, bytes]:
+        try:
+            code, output = self._container.exec_run(argv, demux=False)
+        except APIError as exc:
+            raise ContainerError(str(exc)) from exc
+        return int(code or 0), output or b""
+
+    def logs(self, tail: int) -> bytes:
+        try:
+            return bytes(self._container.logs(tail=tail))
+        except APIError:
+            return b""
+
+    def host_port(self, port: int) -> str | None:
+        """The runner's port published for `port`/tcp, if any."""
+        bindings = (self._container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{port}/tcp")
+        return str(bindings[0]["HostPort"]) if bindings else None
+
+    def remove(self) -> str | None:
+        """Remove it (running or not); the engine's words when it could not."""
+        try:
+            self._container.remove(force=True)
+        except NotFound:
+            return None
+        except APIError as exc:
+            return str(exc)
+        return None
+
+
 class Engine:
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
+
+    def create_container(self, image: str, **settings: Any) -> Container:
+        """A created (not started) container of `image`; `settings` as docker-py's."""
+        try:
+            return Container(self.client.containers.create(image, detach=True, **settings))
+        except ImageNotFound as exc:
+            raise EngineError(f"the engine has no image '{image}' to run", "build the image first") from exc
+        except APIError as exc:
+            raise ContainerError(str(exc.explanation or exc)) from exc
 
     @classmethod
     def connect(cls) -> Engine:

@@ -324,7 +324,7 @@ def _check(plan: Plan, engine: Engine, image_id: str) -> None:
                 f"{inputs.smoke_memory} MB, AWS_REGION={inputs.region}"
             )
         result = smoke.smoke_boot(
-            engine.client,
+            engine,
             image_id,
             spec,
             inputs.smoke_timeout,

@@ -19,7 +19,6 @@ here, with the Dockerfile fix. The container is always removed, whatever happene
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 import time
@@ -27,16 +26,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import requests
-from docker.errors import APIError, ImageNotFound, NotFound
 
 from entrypoint import github
-from entrypoint.errors import CheckError, EngineError
+from entrypoint.engine import ContainerError
+from entrypoint.errors import CheckError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    import docker
-    from docker.models.containers import Container
+    from entrypoint.engine import Container, Engine
 
 DEFAULT_PORT = 8080
 # The Runtime Interface Emulator's path for a synchronous invoke of "the" function.
@@ -111,7 +109,7 @@ class SmokeResult:
 
 
 def smoke_boot(
-    client: docker.DockerClient,
+    engine: Engine,
     image: str,
     spec: SmokeSpec,
     timeout_s: float = 30.0,
@@ -136,9 +134,8 @@ def smoke_boot(
         confinement = {"read_only": True, "tmpfs": LAMBDA_TMPFS, "user": LAMBDA_USER}
         environment["LAMBDA_TASK_ROOT"] = "/var/task"
     try:
-        container = client.containers.create(
+        container = engine.create_container(
             image,
-            detach=True,
             environment=environment,
             # Also published (to the runner's loopback only), for images without an HTTP
             # client to probe from inside and for the Runtime Interface Emulator.
@@ -148,25 +145,17 @@ def smoke_boot(
             memswap_limit=f"{memory_mb}m",
             **confinement,
         )
-    except ImageNotFound as exc:
-        raise EngineError(
-            f"the engine has no image '{image}' to smoke-test", "build the image first"
-        ) from exc
-    except APIError as exc:
+    except ContainerError as exc:
         raise CheckError(
-            f"smoke boot of {image} failed: the engine could not create its container: "
-            f"{exc.explanation or exc}",
+            f"smoke boot of {image} failed: the engine could not create its container: {exc}",
             "check the image's ENTRYPOINT and CMD",
         ) from exc
     try:
         return _probe(container, image, spec, timeout_s, memory_mb)
     finally:
-        try:
-            container.remove(force=True)
-        except NotFound:
-            pass
-        except APIError as exc:
-            github.warning(f"could not remove the smoke-boot container {container.short_id}: {exc}")
+        problem = container.remove()
+        if problem:
+            github.warning(f"could not remove the smoke-boot container {container.short_id}: {problem}")
 
 
 def _probe(
@@ -175,8 +164,8 @@ def _probe(
     started = time.monotonic()
     try:
         container.start()
-    except APIError as exc:
-        what = f"the container did not start: {exc.explanation or exc}"
+    except ContainerError as exc:
+        what = f"the container did not start: {exc}"
         raise _failure(container, image, spec, what, memory_mb) from exc
     github.info(f"  smoke boot: {spec.describe()} (up to {timeout_s:.0f} s)")
     deadline = started + timeout_s
@@ -184,9 +173,9 @@ def _probe(
     inside: _InContainer | None = _InContainer(container, spec) if spec.kind == "http" else None
     url = ""
     while True:
-        container.reload()
-        if container.status in ("exited", "dead"):
-            code = container.attrs.get("State", {}).get("ExitCode")
+        state = container.state()
+        if state.get("Status") in ("exited", "dead"):
+            code = state.get("ExitCode")
             raise _failure(
                 container,
                 image,
@@ -269,7 +258,7 @@ class _InContainer:
             argv = [part if isinstance(part, str) else values[part] for part in template]
             try:
                 done = _exec(self.container, argv)
-            except APIError as exc:
+            except ContainerError as exc:
                 if "is not running" in str(exc):
                     return "the container stopped", False
                 self.candidates.pop(0)
@@ -294,13 +283,12 @@ def _exec(container: Container, argv: list[str]) -> tuple[int, str] | None:
     """Run one probe in the container; None when it takes more than 3 s (it is left to end
     with the container, which is always removed)."""
     result: list[tuple[int, bytes]] = []
-    errors: list[APIError] = []
+    errors: list[ContainerError] = []
 
     def run() -> None:
         try:
-            code, output = container.exec_run(argv, demux=False)
-            result.append((int(code or 0), output or b""))
-        except APIError as exc:
+            result.append(container.exec(argv))
+        except ContainerError as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -328,10 +316,9 @@ def _classify(spec: SmokeSpec, text: str) -> SmokeResult | tuple[str, bool]:
 
 
 def _url(container: Container, spec: SmokeSpec) -> str:
-    bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{spec.port}/tcp")
-    if not bindings:
+    port = container.host_port(spec.port)
+    if not port:
         return ""
-    port = bindings[0]["HostPort"]
     return f"http://127.0.0.1:{port}{spec.path if spec.kind == 'http' else RIE_PATH}"
 
 
@@ -378,17 +365,13 @@ def _since(started: float) -> str:
 def _failure(container: Container, image: str, spec: SmokeSpec, what: str, memory_mb: int) -> CheckError:
     """Print the container's last log lines, then the error to raise: a cause Lambda's
     sandbox explains (read-only files, an unprivileged user, memory) gets its own fix."""
-    lines: list[str] = []
-    with contextlib.suppress(APIError):
-        raw = container.logs(tail=LOG_LINES)
-        lines = [line for line in raw.decode("utf-8", "replace").splitlines() if line.strip()]
+    raw = container.logs(LOG_LINES)
+    lines = [line for line in raw.decode("utf-8", "replace").splitlines() if line.strip()]
     github.info(f"  container log (last {LOG_LINES} lines):" if lines else "  container log: empty")
     for line in lines:
         github.info(f"  | {line}")
     last = f"; its last log line: {lines[-1].strip()[:200]}" if lines else ""
-    with contextlib.suppress(APIError):
-        container.reload()
-    state = container.attrs.get("State") or {}
+    state = container.state()
     diagnosis = _sandbox_cause(lines, bool(state.get("OOMKilled")), memory_mb)
     if diagnosis:
         cause, fix = diagnosis

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from entrypoint.engine import Engine
 from entrypoint.errors import CheckError, InputError
 from entrypoint.inputs import parse_smoke
 from entrypoint.smoke import RIE_PATH, SmokeSpec, smoke_boot
@@ -86,16 +87,16 @@ def test_the_smoke_boot_runs_in_the_region_of_the_region_input(images: Images, b
         name="smoke/region",
     )
     spec = SmokeSpec("http", 8080, "/health")
-    assert smoke_boot(images.client, image, spec, timeout_s=20, region="eu-west-2").detail.endswith(
+    assert smoke_boot(Engine(images.client), image, spec, timeout_s=20, region="eu-west-2").detail.endswith(
         "HTTP 200"
     )
     with pytest.raises(CheckError, match="exited with code 1"):
-        smoke_boot(images.client, image, spec, timeout_s=20, region="us-east-1")
+        smoke_boot(Engine(images.client), image, spec, timeout_s=20, region="us-east-1")
 
 
 def test_http_probe_passes(images: Images, httpd_image: str, capsys: pytest.CaptureFixture[str]) -> None:
     result = smoke_boot(
-        images.client, httpd_image, SmokeSpec("http", 8080, "/health"), timeout_s=20, region=REGION
+        Engine(images.client), httpd_image, SmokeSpec("http", 8080, "/health"), timeout_s=20, region=REGION
     )
     assert result.detail == "GET :8080/health answered HTTP 200"
     assert result.seconds < 20
@@ -107,7 +108,11 @@ def test_http_probe_fails_fast_on_a_client_error(images: Images, httpd_image: st
     started = time.monotonic()
     with pytest.raises(CheckError) as caught:
         smoke_boot(
-            images.client, httpd_image, SmokeSpec("http", 8080, "/missing"), timeout_s=20, region=REGION
+            Engine(images.client),
+            httpd_image,
+            SmokeSpec("http", 8080, "/missing"),
+            timeout_s=20,
+            region=REGION,
         )
     assert time.monotonic() - started < 10
     assert "GET :8080/missing answered HTTP 404" in caught.value.line()
@@ -123,7 +128,9 @@ def test_image_that_exits_fails_with_its_code_and_log(
         name="smoke/exits",
     )
     with pytest.raises(CheckError) as caught:
-        smoke_boot(images.client, image, SmokeSpec("http", 8080, "/health"), timeout_s=20, region=REGION)
+        smoke_boot(
+            Engine(images.client), image, SmokeSpec("http", 8080, "/health"), timeout_s=20, region=REGION
+        )
     line = caught.value.line()
     assert "the container exited with code 3" in line
     assert "its last log line: boom: no config" in line
@@ -138,7 +145,9 @@ def test_image_that_never_answers_fails_within_the_timeout(images: Images, busyb
     image = images.build(f'FROM {busybox_base}\nCMD ["sleep", "3600"]\n', name="smoke/silent")
     started = time.monotonic()
     with pytest.raises(CheckError) as caught:
-        smoke_boot(images.client, image, SmokeSpec("http", 8080, "/health"), timeout_s=3, region=REGION)
+        smoke_boot(
+            Engine(images.client), image, SmokeSpec("http", 8080, "/health"), timeout_s=3, region=REGION
+        )
     took = time.monotonic() - started
     assert 3 <= took < 15
     assert "no answer in 3 s (last try: connection refused or reset)" in caught.value.line()
@@ -148,7 +157,9 @@ def test_image_that_never_answers_fails_within_the_timeout(images: Images, busyb
 def test_image_without_a_command_fails_and_leaves_nothing(images: Images, busybox_base: str) -> None:
     image = images.build("FROM scratch\nCOPY hello.txt /hello.txt\n", files={"hello.txt": "hi\n"})
     with pytest.raises(CheckError, match="could not create its container"):
-        smoke_boot(images.client, image, SmokeSpec("http", 8080, "/health"), timeout_s=3, region=REGION)
+        smoke_boot(
+            Engine(images.client), image, SmokeSpec("http", 8080, "/health"), timeout_s=3, region=REGION
+        )
     assert images.containers_of(image) == []
 
 
@@ -190,7 +201,7 @@ def rie_image(images: Images, python_base: str) -> str:
 def test_invoke_probe_posts_the_event(images: Images, rie_image: str) -> None:
     spec = parse_smoke('invoke:{"path": "/health"}')
     assert spec is not None
-    result = smoke_boot(images.client, rie_image, spec, timeout_s=30, region=REGION)
+    result = smoke_boot(Engine(images.client), rie_image, spec, timeout_s=30, region=REGION)
     assert result.detail == "invoke through the Runtime Interface Emulator on :8080 answered HTTP 200"
     assert images.containers_of(rie_image) == []
 
@@ -199,7 +210,7 @@ def test_invoke_probe_fails_on_a_function_error(images: Images, rie_image: str) 
     spec = parse_smoke('invoke:{"fail": true}')
     assert spec is not None
     with pytest.raises(CheckError) as caught:
-        smoke_boot(images.client, rie_image, spec, timeout_s=30, region=REGION)
+        smoke_boot(Engine(images.client), rie_image, spec, timeout_s=30, region=REGION)
     assert "the invoke returned a function error: KeyError: 'user'" in caught.value.line()
     assert "Runtime Interface Emulator" in caught.value.fix
     assert images.containers_of(rie_image) == []
@@ -231,7 +242,7 @@ def test_a_server_bound_to_loopback_only_answers_the_probe_from_inside(
         'CMD ["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "www"]',
     )
     result = smoke_boot(
-        images.client,
+        Engine(images.client),
         image,
         SmokeSpec("http", 8080, "/health"),
         timeout_s=20,
@@ -257,7 +268,7 @@ def test_auto_takes_the_adapters_port_and_readiness_path(
         "smoke: auto chose GET :9000/ready (port from AWS_LWA_PORT, path from AWS_LWA_READINESS_CHECK_PATH)"
     )
     assert smoke_boot(
-        images.client, image, spec, timeout_s=20, region=REGION, lambda_like=True
+        Engine(images.client), image, spec, timeout_s=20, region=REGION, lambda_like=True
     ).detail.startswith("GET :9000/ready answered HTTP 200")
     default, why = SmokeSpec("auto").resolve({"PORT": "3000"})
     assert (default.port, default.path) == (3000, "/") and "port from PORT, path from the default /" in why
@@ -272,7 +283,7 @@ def test_writing_beside_the_code_fails_as_in_lambda_with_the_fix(
     )  # fmt: skip
     with pytest.raises(CheckError) as caught:
         smoke_boot(
-            images.client,
+            Engine(images.client),
             image,
             SmokeSpec("http", 8080, "/health"),
             timeout_s=20,
@@ -284,7 +295,9 @@ def test_writing_beside_the_code_fails_as_in_lambda_with_the_fix(
     assert "Read-only file system" in line
     assert "Fix: write only under /tmp" in line
     # The same image boots where nothing is confined: the difference is Lambda's, not the app's.
-    assert smoke_boot(images.client, image, SmokeSpec("http", 8080, "/health"), timeout_s=20, region=REGION)
+    assert smoke_boot(
+        Engine(images.client), image, SmokeSpec("http", 8080, "/health"), timeout_s=20, region=REGION
+    )
 
 
 def test_files_only_root_can_read_fail_as_in_lambda_with_the_fix(
@@ -297,7 +310,7 @@ def test_files_only_root_can_read_fail_as_in_lambda_with_the_fix(
     )  # fmt: skip
     with pytest.raises(CheckError) as caught:
         smoke_boot(
-            images.client,
+            Engine(images.client),
             image,
             SmokeSpec("http", 8080, "/health"),
             timeout_s=20,
