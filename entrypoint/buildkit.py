@@ -14,13 +14,13 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from entrypoint import github
+from entrypoint.buildlog import LogReader, StepLog, build_failure
 from entrypoint.cancel import Cancelled
 from entrypoint.errors import BuildError, EngineError
 
@@ -55,14 +55,6 @@ class BuildRequest:
     # (secret id, environment variable holding it): BuildKit reads the value from the CLI's
     # environment, so it is in no argv, no file and no image layer.
     secrets: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass
-class StepLog:
-    name: str
-    cached: bool = False
-    error: str = ""
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
 
 @dataclass(frozen=True)
@@ -318,43 +310,8 @@ def build_environment(
     return env
 
 
-_HEADER = re.compile(r"^#(\d+) (?!\d+\.\d+ )(?!DONE\b)(?!CACHED\b)(?!ERROR\b)(.+)$")
-_OUTPUT = re.compile(r"^#(\d+) \d+\.\d+ (.*)$")
-_STATUS = re.compile(r"^#(\d+) (CACHED|ERROR:?)\s*(.*)$")
-
-
-class _LogReader:
-    """Follows BuildKit's plain progress: numbered vertices, their output and status."""
-
-    def __init__(self) -> None:
-        self.steps: dict[str, StepLog] = {}
-        self.failed: StepLog | None = None
-        self.tail: deque[str] = deque(maxlen=20)
-
-    def feed(self, line: str) -> None:
-        self.tail.append(line)
-        status = _STATUS.match(line)
-        if status:
-            step = self.steps.setdefault(status.group(1), StepLog(name=f"#{status.group(1)}"))
-            if status.group(2) == "CACHED":
-                step.cached = True
-            else:
-                step.error = status.group(3)
-                self.failed = self.failed or step
-            return
-        output = _OUTPUT.match(line)
-        if output:
-            self.steps.setdefault(output.group(1), StepLog(name=f"#{output.group(1)}")).tail.append(
-                output.group(2)
-            )
-            return
-        header = _HEADER.match(line)
-        if header and header.group(1) not in self.steps:
-            self.steps[header.group(1)] = StepLog(name=header.group(2).strip())
-
-
 def run_build(argv: list[str], env: Mapping[str, str], request: BuildRequest) -> BuildResult:
-    reader = _LogReader()
+    reader = LogReader()
     with github.group("BuildKit build log"):
         github.info("$ " + " ".join(argv))
         try:
@@ -379,7 +336,7 @@ def run_build(argv: list[str], env: Mapping[str, str], request: BuildRequest) ->
         finally:
             _stop(process)
     if code != 0:
-        raise _build_failure(reader, request)
+        raise build_failure(reader, request.dockerfile, request.context)
     image_id = request.iidfile.read_text().strip() if request.iidfile.exists() else ""
     if not image_id:
         raise BuildError("the build finished but wrote no image ID", "rerun the build")
@@ -397,31 +354,6 @@ def _stop(process: subprocess.Popen[str]) -> None:
             process.wait()
     if process.stdout is not None:
         process.stdout.close()
-
-
-def _build_failure(reader: _LogReader, request: BuildRequest) -> BuildError:
-    reproduce = f"docker build -f {request.dockerfile} {request.context}"
-    failed = reader.failed
-    if failed and failed.name.startswith("["):
-        github.info(f"Last lines of the failed step {failed.name}:")
-        for line in failed.tail or ["(the step printed nothing)"]:
-            github.info(f"  | {line}")
-        return BuildError(
-            f"the image build failed at step {failed.name}: {failed.error or 'see the log'}",
-            f"fix that Dockerfile step (its last output lines are above); reproduce with `{reproduce}`",
-        )
-    final = next(
-        (line for line in reversed(reader.tail) if re.match(r"^(ERROR|error)\b|failed to solve", line)),
-        failed.error if failed else (reader.tail[-1] if reader.tail else "no output"),
-    )
-    if failed:
-        github.info(f"Last lines of {failed.name}:")
-        for line in failed.tail:
-            github.info(f"  | {line}")
-    return BuildError(
-        f"the image build failed: {final.removeprefix('ERROR: ').removeprefix('error: ')}",
-        f"fix the Dockerfile or the build context as the message says; reproduce with `{reproduce}`",
-    )
 
 
 @contextmanager
