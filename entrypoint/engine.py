@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from entrypoint import github
 from entrypoint.errors import EngineError, PushRejectedError, RegistryError, push_rejection_fix
+from entrypoint.imagefacts import ImageFacts, env_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,18 +28,6 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
     from entrypoint.ecr import RegistryLogin
-
-
-@dataclass(frozen=True)
-class LocalImage:
-    id: str
-    os: str
-    architecture: str
-    size: int
-    entrypoint: tuple[str, ...]
-    cmd: tuple[str, ...]
-    env: tuple[str, ...]
-    layers: tuple[str, ...]
 
 
 class ContainerError(Exception):
@@ -137,7 +125,9 @@ class Engine:
         qemu = {"amd64": "qemu-x86_64", "arm64": "qemu-aarch64"}[arch]
         return Path("/proc/sys/fs/binfmt_misc", qemu).exists()
 
-    def image(self, reference: str) -> LocalImage:
+    def facts(self, reference: str, adapter_path: str) -> ImageFacts:
+        """Facts of an image in the engine: its config, its uncompressed size, and whether it
+        holds the file at `adapter_path` (the Lambda Web Adapter)."""
         try:
             attrs: dict[str, Any] = self.client.api.inspect_image(reference)
         except ImageNotFound as exc:
@@ -146,15 +136,17 @@ class Engine:
                 "check that the build loads its result into the engine (--load)",
             ) from exc
         config = attrs.get("Config") or {}
-        return LocalImage(
-            id=attrs["Id"],
+        return ImageFacts(
+            reference=reference,
+            media_type=None,
             os=attrs.get("Os", ""),
             architecture=attrs.get("Architecture", ""),
             size=int(attrs.get("Size", 0)),
+            size_compressed=False,
             entrypoint=tuple(config.get("Entrypoint") or ()),
             cmd=tuple(config.get("Cmd") or ()),
-            env=tuple(config.get("Env") or ()),
-            layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
+            env=env_of(config.get("Env") or ()),
+            has_web_adapter=self.has_file(str(attrs["Id"]), adapter_path),
         )
 
     def has_file(self, image_id: str, path: str) -> bool:

@@ -1,8 +1,8 @@
 """The rules Lambda enforces on a container image, checked before Lambda refuses it.
 
-`ImageFacts` is what the rules need to know about one image, read either from the engine
-(`facts_from_engine`, after a build) or from the registry (`facts_from_registry`, before
-a deploy). `check_image` is pure: facts, platform and invoke mode in, violations out.
+`imagefacts.ImageFacts` is what the rules need to know about one image, read either from
+the engine (`Engine.facts`, after a build) or from the registry (`facts_from_registry`,
+before a deploy). `check_image` is pure: facts, platform and invoke mode in, violations out.
 `require_lambda_compatible` turns the violations into one `CheckError` line.
 
 The rules come from Lambda's documentation on container images (image manifest formats,
@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import tarfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 import requests
 import urllib3.exceptions
 
 from entrypoint.errors import CheckError, InputError, RegistryError
+from entrypoint.imagefacts import ImageFacts, env_of
 from entrypoint.inputs import parse_invoke_mode
 from entrypoint.registry import (
     DOCKER_LIST,
@@ -35,7 +36,6 @@ from entrypoint.registry import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from entrypoint.engine import Engine
     from entrypoint.registry import Manifest, RegistryClient
 
 # Lambda's quota is on the uncompressed image, all layers included.
@@ -56,29 +56,6 @@ _KIND = {
     OCI_INDEX: "an OCI image index",
     DOCKER_LIST: "a Docker manifest list",
 }
-
-
-@dataclass(frozen=True)
-class ImageFacts:
-    reference: str
-    # None for an image in the engine: it has no manifest until it is pushed.
-    media_type: str | None
-    os: str
-    architecture: str
-    size: int
-    # True for a registry image: the sum of its compressed layers, a lower bound of what
-    # Lambda counts. False for the engine's figure, which is the uncompressed size.
-    size_compressed: bool
-    entrypoint: tuple[str, ...]
-    cmd: tuple[str, ...]
-    env: dict[str, str] = field(default_factory=dict)
-    # None when nobody looked (no invoke mode to check, so the layers were not read).
-    has_web_adapter: bool | None = False
-    # An index (OCI) or manifest list (Docker) instead of one image manifest; its other
-    # facts then describe the image manifest inside it that matches the platform.
-    is_index: bool = False
-    index_platforms: tuple[str, ...] = ()
-    attestation_manifests: int = 0
 
 
 @dataclass(frozen=True)
@@ -287,34 +264,6 @@ def _other_platforms(platform: str) -> str:
     return ", ".join(f"{p} = Lambda {LAMBDA_PLATFORMS[p][1]}" for p in LAMBDA_PLATFORMS if p != platform)
 
 
-def _env(entries: Iterable[str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for entry in entries:
-        key, _, value = entry.partition("=")
-        env[key] = value
-    return env
-
-
-# ------------------------------------------------------------------------------ engine
-
-
-def facts_from_engine(engine: Engine, reference: str) -> ImageFacts:
-    """Facts of an image in the engine: its config, its uncompressed size, the adapter file."""
-    image = engine.image(reference)
-    return ImageFacts(
-        reference=reference,
-        media_type=None,
-        os=image.os,
-        architecture=image.architecture,
-        size=image.size,
-        size_compressed=False,
-        entrypoint=image.entrypoint,
-        cmd=image.cmd,
-        env=_env(image.env),
-        has_web_adapter=engine.has_file(image.id, WEB_ADAPTER_PATH),
-    )
-
-
 # ---------------------------------------------------------------------------- registry
 
 
@@ -368,7 +317,7 @@ def facts_from_registry(
         size=sum(int(layer.get("size", 0)) for layer in layers),
         entrypoint=tuple(runtime.get("Entrypoint") or ()),
         cmd=tuple(runtime.get("Cmd") or ()),
-        env=_env(runtime.get("Env") or ()),
+        env=env_of(runtime.get("Env") or ()),
         has_web_adapter=_layers_have_adapter(registry, repository, layers) if find_adapter else None,
     )
     return ImageFacts(**facts)

@@ -297,7 +297,7 @@ def _check(plan: Plan, engine: Engine, image_id: str) -> None:
     """Lambda's rules on the built image, then its smoke boot: before anything is pushed."""
     inputs = plan.inputs
     with github.stage("check the image against Lambda's rules"):
-        facts = lambda_checks.facts_from_engine(engine, plan.local_image)
+        facts = engine.facts(plan.local_image, lambda_checks.WEB_ADAPTER_PATH)
         lambda_checks.require_lambda_compatible(facts, inputs.platform, inputs.invoke_mode)
         github.info(f"  {facts.os}/{facts.architecture}, {facts.size / 1e6:.1f} MB, entrypoint ok")
         notice = lambda_checks.invoke_mode_notice(facts, inputs.invoke_mode)

@@ -21,7 +21,6 @@ from entrypoint.errors import RegistryError, VerifyError
 from entrypoint.lambda_checks import (
     UNKNOWN_FUNCTION,
     FunctionSetting,
-    ImageFacts,
     check_image,
     facts_from_registry,
 )
@@ -32,6 +31,7 @@ from entrypoint.tfplan import PlanImages, PlannedImage, images_in_plan, load_pla
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from entrypoint.imagefacts import ImageFacts
     from entrypoint.inputs import VerifyInputs
     from entrypoint.registry import RegistryClient
 

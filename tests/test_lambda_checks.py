@@ -10,13 +10,13 @@ import pytest
 
 from entrypoint.engine import Engine
 from entrypoint.errors import CheckError, InputError
+from entrypoint.imagefacts import ImageFacts
 from entrypoint.inputs import parse_invoke_mode
 from entrypoint.lambda_checks import (
     MAX_IMAGE_BYTES,
+    WEB_ADAPTER_PATH,
     FunctionSetting,
-    ImageFacts,
     check_image,
-    facts_from_engine,
     facts_from_registry,
     invoke_mode_notice,
     require_lambda_compatible,
@@ -266,7 +266,7 @@ def test_arm64_image_is_refused_for_amd64(images: Images) -> None:
         files={"hello.txt": "hi\n"},
         platform="linux/arm64",
     )
-    found = facts_from_engine(Engine(images.client), image)
+    found = Engine(images.client).facts(image, WEB_ADAPTER_PATH)
     assert (found.os, found.architecture) == ("linux", "arm64")
     with pytest.raises(
         CheckError, match=r"architecture must be amd64 for linux/amd64 \(Lambda x86_64\): found 'arm64'"
@@ -277,7 +277,7 @@ def test_arm64_image_is_refused_for_amd64(images: Images) -> None:
 
 def test_image_without_entrypoint_or_cmd_is_refused(images: Images) -> None:
     image = images.build("FROM scratch\nCOPY hello.txt /hello.txt\n", files={"hello.txt": "hi\n"})
-    found = facts_from_engine(Engine(images.client), image)
+    found = Engine(images.client).facts(image, WEB_ADAPTER_PATH)
     assert (found.entrypoint, found.cmd, found.has_web_adapter) == ((), (), False)
     with pytest.raises(CheckError, match="ENTRYPOINT or CMD must be set: found neither"):
         require_lambda_compatible(found, "linux/amd64", None)
@@ -293,7 +293,7 @@ def test_engine_finds_the_adapter_and_the_wrong_invoke_mode(
         "ENV AWS_LWA_INVOKE_MODE=buffered\n"
         'CMD ["httpd", "-f", "-p", "8080"]\n'
     )
-    found = facts_from_engine(Engine(images.client), image)
+    found = Engine(images.client).facts(image, WEB_ADAPTER_PATH)
     assert found.media_type is None
     assert not found.size_compressed
     assert found.size > 1024**2
@@ -309,8 +309,8 @@ def test_engine_finds_the_adapter_and_the_wrong_invoke_mode(
     assert images.containers_of(image) == []
 
     removed = images.build(f"FROM {image}\nRUN rm /opt/extensions/lambda-adapter\n")
-    assert facts_from_engine(Engine(images.client), removed).has_web_adapter is False
-    plain = facts_from_engine(Engine(images.client), busybox_base)
+    assert Engine(images.client).facts(removed, WEB_ADAPTER_PATH).has_web_adapter is False
+    plain = Engine(images.client).facts(busybox_base, WEB_ADAPTER_PATH)
     assert plain.has_web_adapter is False
     require_lambda_compatible(plain, "linux/amd64", "response-stream")
 
@@ -334,7 +334,7 @@ def test_registry_facts_read_config_and_layers_without_pulling(
     assert (found.os, found.architecture, found.is_index) == ("linux", "amd64", False)
     assert (found.entrypoint, found.cmd) == (("httpd",), ("-f",))
     assert found.size_compressed
-    assert 0 < found.size < facts_from_engine(Engine(images.client), image).size
+    assert 0 < found.size < Engine(images.client).facts(image, WEB_ADAPTER_PATH).size
     assert found.has_web_adapter is True
     assert check_image(found, "linux/amd64", "response-stream") == []
     assert facts_from_registry(client, "checks/adapter", "v1", find_adapter=False).has_web_adapter is None

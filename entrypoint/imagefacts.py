@@ -1,0 +1,42 @@
+"""What the Lambda checks know of one image, whoever read it: the engine after a build
+(`Engine.facts`) or a registry before a deploy (`lambda_checks.facts_from_registry`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    reference: str
+    # None for an image in the engine: it has no manifest until it is pushed.
+    media_type: str | None
+    os: str
+    architecture: str
+    size: int
+    # True for a registry image: the sum of its compressed layers, a lower bound of what
+    # Lambda counts. False for the engine's figure, which is the uncompressed size.
+    size_compressed: bool
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    # None when nobody looked (no invoke mode to check, so the layers were not read).
+    has_web_adapter: bool | None = False
+    # An index (OCI) or manifest list (Docker) instead of one image manifest; its other
+    # facts then describe the image manifest inside it that matches the platform.
+    is_index: bool = False
+    index_platforms: tuple[str, ...] = ()
+    attestation_manifests: int = 0
+
+
+def env_of(entries: Iterable[str]) -> dict[str, str]:
+    """An image config's `Env` list (`KEY=value`) as a mapping; the last one wins."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        key, _, value = entry.partition("=")
+        env[key] = value
+    return env
