@@ -27,6 +27,18 @@ from entrypoint.promote import promote, rollback
 from entrypoint.publish import publish, summary
 from entrypoint.verify import verify
 
+# (command, what it does, its inputs, what --workspace is for)
+_COMMANDS = (
+    ("publish", "build, push and tag the image (the default)", PUBLISH_INPUTS,
+     "folder paths are relative to"),
+    ("verify", "check the images a Terraform plan deploys to Lambda", VERIFY_INPUTS,
+     "the plan path is relative to"),
+    ("promote", "copy a tested image into an environment, same digest, no build", PROMOTE_INPUTS,
+     "the commit is read from"),
+    ("rollback", "move an environment back to an earlier image", ROLLBACK_INPUTS,
+     "unused; accepted like the other commands"),
+)  # fmt: skip
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -35,35 +47,16 @@ def _parser() -> argparse.ArgumentParser:
         "Each flag stands in for the action input of the same name (INPUT_<NAME>).",
     )
     commands = parser.add_subparsers(dest="command")
-    _add_inputs(
-        commands.add_parser("publish", help="build, push and tag the image (the default)"),
-        PUBLISH_INPUTS,
-        "folder paths are relative to",
-    )
-    _add_inputs(
-        commands.add_parser("verify", help="check the images a Terraform plan deploys to Lambda"),
-        VERIFY_INPUTS,
-        "the plan path is relative to",
-    )
-    _add_inputs(
-        commands.add_parser("promote", help="copy a tested image into an environment, same digest, no build"),
-        PROMOTE_INPUTS,
-        "the commit is read from",
-    )
-    _add_inputs(
-        commands.add_parser("rollback", help="move an environment back to an earlier image"),
-        ROLLBACK_INPUTS,
-        "unused; accepted like the other commands",
-    )
+    for name, summary_line, inputs, workspace_use in _COMMANDS:
+        command = commands.add_parser(name, help=summary_line)
+        for input_name in inputs:
+            command.add_argument(f"--{input_name}", dest=input_name, default=None, metavar="VALUE")
+        command.add_argument(
+            "--workspace",
+            default=None,
+            help=f"{workspace_use} (default: GITHUB_WORKSPACE, else the current folder)",
+        )
     return parser
-
-
-def _add_inputs(command: argparse.ArgumentParser, names: tuple[str, ...], relative: str) -> None:
-    for name in names:
-        command.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE")
-    command.add_argument(
-        "--workspace", default=None, help=f"{relative} (default: GITHUB_WORKSPACE, else the current folder)"
-    )
 
 
 def _workspace(flag: str | None) -> Path:

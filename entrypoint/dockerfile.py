@@ -140,8 +140,8 @@ class _Walk:
             image = self._expanded(words[0], self.global_scope, f"FROM {rest}")
             if image.lower() not in self.earlier_stages:
                 self.use(image)
-            base = (syntax.expand(words[0], self.global_scope) or "").lower()
-            self.env = dict(self.stage_envs.get(base, {}))
+            # A stage FROM an earlier one starts with its ENVs (an unexpandable name is none).
+            self.env = dict(self.stage_envs.get(image.lower(), {}))
             if len(words) >= 3 and words[1].lower() == "as":
                 self.earlier_stages.add(words[2].lower())
                 self.stage_envs[words[2].lower()] = self.env

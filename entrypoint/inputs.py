@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from actions_toolkit import core
@@ -348,7 +348,6 @@ def _secrets(value: str) -> tuple[tuple[str, str], ...]:
     return tuple(found.items())
 
 
-_LOGIN_REGISTRY = "login.invalid"
 PROMOTE_INPUTS = ("source", "env", "region", "repository", "registry", "tags", "platform")
 ROLLBACK_INPUTS = ("env", "region", "to", "repository", "registry", "platform")
 
@@ -372,15 +371,13 @@ def parse_promote(raw: Mapping[str, str], workspace: Path) -> PromoteInputs:
     # Without a host, the repository is on the target registry: job outputs
     # that hold an account ID are dropped by GitHub when the ID is masked, and `repository`
     # and `digest` never hold it.
-    source = parse_image_uri(text) or parse_image_uri(f"{_LOGIN_REGISTRY}/{text}")
+    source = parse_image_uri(text, host_optional=True)
     if source is None or not (source.digest or source.tag):
         raise InputError(
             f"input 'source' is '{text[:200]}', not an image reference with a digest or tag",
             "give host/repository@sha256:<digest> (the image-uri output of publish), "
             "repository@sha256:<digest> (on the target registry), or host/repository:tag",
         )
-    if source.host == _LOGIN_REGISTRY:
-        source = replace(source, host="", text=text)
     env = parse_env(raw)
     return PromoteInputs(
         source=source,

@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     from entrypoint.registry import Manifest, RegistryClient
 
 
-def _checked(registry: RegistryClient, repository: str, manifest: Manifest, platform: str | None) -> str:
-    """Lambda's rules on an image in a registry, before anything is written; returns its
-    platform (the input's, else the image's own when Lambda runs it)."""
+def _checked(registry: RegistryClient, repository: str, manifest: Manifest, platform: str | None) -> None:
+    """Lambda's rules on an image in a registry, before anything is written, for `platform`
+    (else the image's own, when Lambda runs it)."""
     reference = f"{registry.host}/{repository}@{manifest.digest}"
     if manifest.is_index:
         entries = index_entries(manifest)
@@ -50,7 +50,6 @@ def _checked(registry: RegistryClient, repository: str, manifest: Manifest, plat
     chosen = platform or (own if own in lambda_checks.LAMBDA_PLATFORMS else "linux/amd64")
     lambda_checks.require_lambda_compatible(facts, chosen, None)
     github.info(f"  {reference}: {own}, {facts.size / 1e6:.1f} MB, passes Lambda's rules")
-    return chosen
 
 
 def promote(inputs: PromoteInputs, environ: Mapping[str, str]) -> PublishResult:
@@ -115,8 +114,7 @@ def promote(inputs: PromoteInputs, environ: Mapping[str, str]) -> PublishResult:
     with github.stage("move " + ", ".join(moving)):
         tags.move(place, moving, manifest, env=inputs.env)
     with github.stage("verify the registry"):
-        tags.settle(place, moving, manifest, env=inputs.env)
-        tags.verify(place, (commit, *moving), manifest.digest)
+        tags.settle_and_verify(place, moving, manifest, env=inputs.env, fixed=(commit,))
     return PublishResult(
         registry=target_host,
         repository=repository.name,
@@ -149,8 +147,7 @@ def rollback(inputs: RollbackInputs) -> PublishResult:
     with github.stage("move " + ", ".join(moving)):
         tags.move(place, moving, manifest, env=inputs.env)
     with github.stage("verify the registry"):
-        tags.settle(place, moving, manifest, env=inputs.env)
-        tags.verify(place, moving, manifest.digest)
+        tags.settle_and_verify(place, moving, manifest, env=inputs.env)
     return PublishResult(
         registry=host,
         repository=repository.name,

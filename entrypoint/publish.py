@@ -125,8 +125,14 @@ def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
     with github.stage("move " + ", ".join(plan.moving_tags)):
         tags.move(target.place, plan.moving_tags, manifest, env=plan.inputs.env)
     with github.stage("verify the registry"):
-        tags.settle(target.place, plan.moving_tags, manifest, env=plan.inputs.env)
-        tags.verify(target.place, plan.tags, manifest.digest, plan.reference)
+        tags.settle_and_verify(
+            target.place,
+            plan.moving_tags,
+            manifest,
+            env=plan.inputs.env,
+            fixed=(plan.commit_tag,),
+            reference=plan.reference,
+        )
         if source is not None:
             # Recorded last, so only a complete, verified publish can be reused by a later run.
             tags.put(target.place, source.tag, manifest)
@@ -347,10 +353,7 @@ def _connect(plan: Plan) -> tuple[Plan, Target]:
     github.info(f"  logged in to {plan.registry} as {login.username}")
     repository = session.ecr.repository(plan.inputs.repository)
     github.info(f"  repository {repository.name} exists (tags {repository.mutability})")
-    current = {tag: registry.head_manifest(repository.name, tag) for tag in plan.tags}
-    for tag, found in current.items():
-        if found:
-            github.info(f"  {tag} is now {found.digest}")
+    current = tags.look_up(registry, repository, plan.tags).current
     tags.require_movable(
         tags.Place(registry, repository, current),
         plan.moving_tags,

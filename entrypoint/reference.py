@@ -49,13 +49,17 @@ class ImageUri:
     digest: str | None
 
 
-def parse_image_uri(text: str) -> ImageUri | None:
-    """registry/repository[:tag][@sha256:...], or None when it is not one."""
+def parse_image_uri(text: str, *, host_optional: bool = False) -> ImageUri | None:
+    """registry/repository[:tag][@sha256:...], or None when it is not one. `host_optional`:
+    a reference without a registry host (Docker's rule: the first part holds a `.` or `:`,
+    or is `localhost`) is taken whole as the repository, with host ""."""
     name, at, digest = text.partition("@")
     host, slash, path = name.partition("/")
     if not slash or not ("." in host or ":" in host or host == "localhost"):
-        return None
-    if not REGISTRY_RE.fullmatch(host):
+        if not host_optional:
+            return None
+        host, path = "", name
+    elif not REGISTRY_RE.fullmatch(host):
         return None
     repository, tag = path, None
     last = path.rsplit("/", 1)[-1]

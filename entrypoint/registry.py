@@ -227,22 +227,26 @@ class RegistryClient:
         self._expect(response, 200, what)
         return True
 
-    def start_upload(self, repository: str, mount: tuple[str, str] | None = None) -> str | None:
-        """Open a blob upload and return its URL path; with `mount` = (digest, repository on
-        this registry), ask the registry to link the blob instead: None when it did (201),
-        else the upload it opened (registries that do not mount answer 202, as the spec says)."""
-        path = f"/v2/{repository}/blobs/uploads/"
-        self._path(repository, "blobs", mount[0] if mount else "sha256:" + "0" * 64)  # validates
-        params = {}
-        if mount:
-            if not REPOSITORY_RE.fullmatch(mount[1]):
-                raise RegistryError(
-                    f"refused to mount from '{shown(mount[1], 120)}'", "check the source image"
-                )
-            params = {"mount": mount[0], "from": mount[1]}
+    def start_upload(self, repository: str) -> str:
+        """Open a blob upload; its URL path."""
         what = f"start an upload to {repository}"
-        response = self.transport.request("POST", path, what, params=params)
-        if mount and response.status_code == 201:
+        response = self.transport.request("POST", self._path(repository, "blobs", "uploads/"), what)
+        self._expect(response, 202, what)
+        return self._upload_path(response, what)
+
+    def mount_blob(self, repository: str, digest: str, source_repository: str) -> str | None:
+        """Ask the registry to link a blob it holds in `source_repository` into `repository`:
+        None when it did (201), else the upload it opened instead (202, as the spec has
+        registries that do not mount answer), for the blob to be sent there."""
+        self._path(source_repository, "blobs", digest)  # both names exactly what they claim
+        what = f"mount blob {digest[:19]} into {repository}"
+        response = self.transport.request(
+            "POST",
+            self._path(repository, "blobs", "uploads/"),
+            what,
+            params={"mount": digest, "from": source_repository},
+        )
+        if response.status_code == 201:
             return None
         self._expect(response, 202, what)
         return self._upload_path(response, what)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from entrypoint import github
 from entrypoint.cancel import Cancelled
@@ -126,26 +126,56 @@ def move(place: Place, moving: Iterable[str], manifest: Manifest, *, env: str) -
         raise
 
 
-def settle(place: Place, moving: Iterable[str], manifest: Manifest, *, env: str) -> None:
-    """After the moves, with other runs perhaps publishing to the same environment: the run
-    whose image the environment tag names owns the environment, and makes the other moving
-    tags follow it; a run that finds another image there lost the race, puts back any tag
-    it moved past the winner, and fails with one line instead of claiming success."""
-    registry, name = place.registry, place.name
-    holder = registry.head_manifest(name, env)
-    others = [tag for tag in dict.fromkeys(moving) if tag != env]
-    if holder is not None and holder.digest == manifest.digest:
-        for tag in others:
-            now = registry.head_manifest(name, tag)
-            if now is None or now.digest != manifest.digest:
-                registry.put_manifest(name, tag, manifest)
-                github.info(f"  {tag} -> {manifest.digest} again (another run had moved it)")
-        return
-    winner = registry.get_manifest(name, holder.digest) if holder else None
-    for tag in others:
-        now = registry.head_manifest(name, tag)
+def settle_and_verify(
+    place: Place,
+    moving: Iterable[str],
+    manifest: Manifest,
+    *,
+    env: str,
+    fixed: Iterable[str] = (),
+    reference: Callable[[str], str] | None = None,
+) -> None:
+    """Read every tag this run wrote back, once, with other runs perhaps publishing to the
+    same environment. The run whose image the environment tag names owns the environment and
+    makes the other moving tags follow it; a run that finds another image there lost the
+    race, puts back any tag it moved past the winner, and fails with one line instead of
+    claiming success. A `fixed` tag (the commit's) not at the image fails the run."""
+    registry, name, show = place.registry, place.name, reference or place.reference
+    moving = tuple(dict.fromkeys(moving))
+    found = {tag: registry.head_manifest(name, tag) for tag in dict.fromkeys((*fixed, *moving))}
+    holder = found.get(env)
+    if holder is None or holder.digest != manifest.digest:
+        _lost(place, {tag: found[tag] for tag in moving if tag != env}, manifest, env, holder)
+    for tag in moving:
+        now = found[tag]
+        if tag != env and (now is None or now.digest != manifest.digest):
+            # A moving tag another run moved after this one: the environment is ours, so it follows.
+            registry.put_manifest(name, tag, manifest)
+            github.info(f"  {tag} -> {manifest.digest} again (another run had moved it)")
+            found[tag] = registry.head_manifest(name, tag)
+    for tag, now in found.items():
+        if now is None or now.digest != manifest.digest:
+            raise RegistryError(
+                f"after the push, {show(tag)} resolves to "
+                f"{now.digest if now else 'nothing'}, not {manifest.digest}",
+                "another job may be publishing to the same tags: serialise deploys with a "
+                "`concurrency` group per environment, then rerun",
+            )
+        github.info(f"  {show(tag)} = {manifest.digest}")
+
+
+def _lost(
+    place: Place,
+    others: dict[str, Descriptor | None],
+    manifest: Manifest,
+    env: str,
+    holder: Descriptor | None,
+) -> NoReturn:
+    """Put back the moving tags (`others`, the environment's aside) this run left on its image."""
+    winner = place.registry.get_manifest(place.name, holder.digest) if holder else None
+    for tag, now in others.items():
         if winner is not None and now is not None and now.digest == manifest.digest:
-            registry.put_manifest(name, tag, winner)
+            place.registry.put_manifest(place.name, tag, winner)
             github.info(f"  {tag} -> {winner.digest}, with {env}")
     raise RegistryError(
         f"another run moved {place.reference(env)} to "
@@ -155,20 +185,3 @@ def settle(place: Place, moving: Iterable[str], manifest: Manifest, *, env: str)
         "serialise deploys of one environment with a `concurrency` group; rerun this job if its "
         "commit is the one that must be deployed",
     )
-
-
-def verify(
-    place: Place, tags: Iterable[str], digest: str, reference: Callable[[str], str] | None = None
-) -> None:
-    """Every tag must now resolve to `digest`: anything else means another run moved it."""
-    show = reference or place.reference
-    for tag in tags:
-        found = place.registry.head_manifest(place.name, tag)
-        if found is None or found.digest != digest:
-            raise RegistryError(
-                f"after the push, {show(tag)} resolves to "
-                f"{found.digest if found else 'nothing'}, not {digest}",
-                "another job may be publishing to the same tags: serialise deploys with a "
-                "`concurrency` group per environment, then rerun",
-            )
-        github.info(f"  {show(tag)} = {digest}")

@@ -88,27 +88,25 @@ def copy_blobs(route: Route, blobs: list[Blob]) -> Copied:
         if route.target.has_blob(route.target_repository, blob.digest):
             copied.present.append(blob)
             continue
-        location = None
+        opened = None
         if route.same_registry:
-            location = route.target.start_upload(
-                route.target_repository, mount=(blob.digest, route.source_repository)
-            )
-            if location is None:
+            opened = route.target.mount_blob(route.target_repository, blob.digest, route.source_repository)
+            if opened is None:
                 copied.mounted.append(blob)
                 continue
-        _stream(route, blob, location)
+        _stream(route, blob, opened)
         copied.streamed.append(blob)
     return copied
 
 
-def _stream(route: Route, blob: Blob, location: str | None) -> None:
+def _stream(route: Route, blob: Blob, opened: str | None) -> None:
+    """Send the blob, into the upload a refused mount `opened` if any; a failed upload is not
+    reused: each new try opens its own."""
     for attempt in range(1, UPLOAD_TRIES + 1):
         started = time.monotonic()
         try:
-            upload = location or route.target.start_upload(route.target_repository)
-            location = None  # a failed upload is not reused
-            if upload is None:  # only a mount answers None, and none was asked for
-                raise RegistryError(f"registry {route.target.host} opened no upload", "rerun")
+            upload = opened or route.target.start_upload(route.target_repository)
+            opened = None
             with route.source.stream_blob(route.source_repository, blob.digest) as body:
                 route.target.upload_blob(upload, blob.digest, blob.size, body)
         except RegistryError as exc:

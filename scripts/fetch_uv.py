@@ -7,7 +7,7 @@ unpacks only `bin/uv` into TARGET. Standard library only, because it runs before
 dependency exists.
 
 The index is the one the runner's pip would use (UV_DEFAULT_INDEX, UV_INDEX_URL,
-PIP_INDEX_URL, then pip's configuration files, then PyPI). Anything this does not handle
+PIP_INDEX_URL, then pip's configuration files, then pip's own default index). Anything this does not handle
 (no JSON API, a platform without a plain wheel, an index that needs pip's credentials)
 exits 3 and the caller falls back to pip, which reads the same lock with the same hashes.
 A wheel whose bytes are not in the lock exits 2: no fallback fetches different bytes.
@@ -30,7 +30,6 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-PYPI = "https://pypi.org/simple/"
 TIMEOUT = 15.0
 FALL_BACK = 3
 MISMATCH = 2
@@ -52,26 +51,32 @@ def read_lock(lock: Path) -> tuple[str, set[str]]:
 
 
 def pip_settings() -> dict[str, str]:
-    """pip's own reading of its configuration files and PIP_* variables, when pip is here."""
+    """pip's own reading of its configuration files and PIP_* variables, and its default
+    index as `index-url` when they name none. Without pip, the caller falls back."""
     try:
-        # pip may be missing, and its import is a tenth of a second: only when asked.
+        # pip may be missing, and its import is a tenth of a second: once, only when asked.
         from pip._internal.configuration import Configuration  # noqa: PLC0415
+        from pip._internal.models.index import PyPI  # noqa: PLC0415
 
         config = Configuration(isolated=False)
         config.load()
-        return {key.split(".", 1)[1]: value for key, value in config.items()}
-    except Exception:  # noqa: BLE001 - any failure means "no settings": PyPI, like pip's default
-        return {}
+        settings = {key.split(".", 1)[1]: value for key, value in config.items()}
+    except Exception as error:  # noqa: BLE001 - pip's internals moved or pip is absent
+        raise FallBack(f"pip's settings cannot be read here ({type(error).__name__})") from None
+    return {"index-url": PyPI.simple_url, **settings}
 
 
 def index_and_cafile(env: dict[str, str]) -> tuple[str, str | None]:
-    for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"):
-        if env.get(name):
-            index = env[name].split()[0]
-            break
-    else:
-        index = pip_settings().get("index-url", PYPI).split()[0]
-    cafile = env.get("PIP_CERT") or pip_settings().get("cert") or None
+    variables = ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL")
+    named = next((env[name] for name in variables if env.get(name)), "")
+    try:
+        settings = pip_settings()  # read once: the index and the certificate both come from it
+    except FallBack:
+        if not named:
+            raise
+        settings = {}
+    index = (named or settings["index-url"]).split()[0]
+    cafile = env.get("PIP_CERT") or settings.get("cert") or None
     if urllib.parse.urlsplit(index).username:
         raise FallBack("the index URL carries credentials")
     if not index.endswith("/"):

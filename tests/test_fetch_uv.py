@@ -69,9 +69,13 @@ def _index(served: bytes, listed: bytes, content_type: str = "application/vnd.py
     return answer
 
 
-def _fetch(tmp: Path, lock: Path, server: FakeHttp) -> tuple[subprocess.CompletedProcess[str], Path]:
+def _fetch(
+    tmp: Path, lock: Path, server: FakeHttp | None, **index: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """fetch_uv.py against `server`'s index (PIP_INDEX_URL), or the index variables given."""
     target = tmp / "uv-home"
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "PIP_INDEX_URL": f"http://{server.host}/simple"}
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp)}
+    env |= index or {"PIP_INDEX_URL": f"http://{server.host}/simple" if server else ""}
     done = subprocess.run(
         [sys.executable, "-I", str(REPO_ROOT / "scripts" / "fetch_uv.py"), str(lock), str(target)],
         env=env, capture_output=True, text=True, check=False, timeout=60,
@@ -127,16 +131,7 @@ def test_an_index_without_the_json_api_hands_over_to_pip(tmp_path: Path) -> None
 
 def test_an_index_url_with_credentials_is_left_to_pip(tmp_path: Path) -> None:
     lock = _lock(tmp_path, GOOD)
-    target = tmp_path / "uv-home"
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "UV_DEFAULT_INDEX": "https://user:secret@127.0.0.1:9/simple",
-    }
-    done = subprocess.run(
-        [sys.executable, "-I", str(REPO_ROOT / "scripts" / "fetch_uv.py"), str(lock), str(target)],
-        env=env, capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
+    done, _ = _fetch(tmp_path, lock, None, UV_DEFAULT_INDEX="https://user:secret@127.0.0.1:9/simple")
     assert done.returncode == 3
     assert "secret" not in done.stderr
     assert "credentials" in done.stderr

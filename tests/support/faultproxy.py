@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    import io
     from collections.abc import Iterator
 
     from typing_extensions import Self
@@ -218,15 +219,10 @@ def _cut_body(handler: BaseHTTPRequestHandler, fault: Fault) -> bytes:
 
 
 def _body(handler: BaseHTTPRequestHandler, chunked: bool, length: int) -> Iterator[bytes]:
+    """The request body as it arrives: `length` bytes, or chunk by chunk, decoded."""
     reader = handler.rfile
     if not chunked:
-        left = length
-        while left > 0:
-            data = reader.read(min(left, 1 << 16))
-            if not data:
-                return
-            left -= len(data)
-            yield data
+        yield from _exactly(reader, length)
         return
     while True:
         size_line = reader.readline(1024)
@@ -235,14 +231,19 @@ def _body(handler: BaseHTTPRequestHandler, chunked: bool, length: int) -> Iterat
             while reader.readline(1024) not in (b"\r\n", b"\n", b""):
                 pass  # trailers
             return
-        left = size
-        while left > 0:
-            data = reader.read(min(left, 1 << 16))
-            if not data:
-                return
-            left -= len(data)
-            yield data
+        yield from _exactly(reader, size)
         reader.readline(1024)  # the CRLF after each chunk
+
+
+def _exactly(reader: io.BufferedIOBase, size: int) -> Iterator[bytes]:
+    """`size` bytes from `reader`, in pieces, fewer if the client hangs up."""
+    left = size
+    while left > 0:
+        data = reader.read(min(left, 1 << 16))
+        if not data:
+            return
+        left -= len(data)
+        yield data
 
 
 def _reset(connection: socket.socket) -> None:
