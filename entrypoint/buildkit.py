@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from entrypoint import github
+from entrypoint import cancel, github
 from entrypoint.buildlog import LogReader, StepLog, build_failure
 from entrypoint.cancel import Cancelled
 from entrypoint.errors import BuildError, EngineError
@@ -328,11 +328,13 @@ def run_build(argv: list[str], env: Mapping[str, str], request: BuildRequest) ->
             raise EngineError(f"cannot run {argv[0]}: {exc}", "install the docker CLI") from exc
         try:
             assert process.stdout is not None
-            for raw in process.stdout:
-                line = raw.rstrip("\n")
-                github.info(line)
-                reader.feed(line)
-            code = process.wait()
+            with cancel.stopper(process.terminate):
+                for raw in process.stdout:
+                    line = raw.rstrip("\n")
+                    github.info(line)
+                    reader.feed(line)
+                code = process.wait()
+            cancel.raise_if_requested()
         finally:
             _stop(process)
     if code != 0:

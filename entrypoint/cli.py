@@ -18,18 +18,19 @@ from entrypoint.inputs import (
     ROLLBACK_INPUTS,
     VERIFY_INPUTS,
     parse_promote,
-    parse_publish,
+    parse_release,
     parse_rollback,
     parse_verify,
     read_raw,
 )
 from entrypoint.promote import promote, rollback
-from entrypoint.publish import publish, summary
+from entrypoint.publish import summary
+from entrypoint.release import publish_release
 from entrypoint.verify import verify
 
 # (command, what it does, its inputs, what --workspace is for)
 _COMMANDS = (
-    ("publish", "build, push and tag the image (the default)", PUBLISH_INPUTS,
+    ("publish", "build, push and tag the image, or the images of --config (the default)", PUBLISH_INPUTS,
      "folder paths are relative to"),
     ("verify", "check the images a Terraform plan deploys to Lambda", VERIFY_INPUTS,
      "the plan path is relative to"),
@@ -93,10 +94,10 @@ def run(argv: list[str]) -> None:
         return
     raw = read_raw(PUBLISH_INPUTS, flags)
     runner_temp = os.environ.get("RUNNER_TEMP")
-    inputs = parse_publish(raw, _workspace(args.workspace), Path(runner_temp) if runner_temp else None)
-    result = publish(inputs, os.environ)
-    github.set_outputs(result.outputs())
-    github.write_summary(summary(result))
+    release = parse_release(raw, _workspace(args.workspace), Path(runner_temp) if runner_temp else None)
+    published = publish_release(release, os.environ)
+    github.set_outputs(published.outputs())
+    github.write_summary(published.summary())
 
 
 def _private_temp() -> None:

@@ -18,7 +18,7 @@ import requests
 import urllib3
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from entrypoint import github
+from entrypoint import cancel, github
 from entrypoint.errors import EngineError, PushRejectedError, RegistryError, push_rejection_fix
 from entrypoint.imagefacts import ImageFacts, env_of
 
@@ -233,7 +233,6 @@ class Engine:
     def _push_once(self, repository: str, tag: str, login: RegistryLogin, deadline: float) -> str:
         auth = {"username": login.username, "password": login.password}
         reference = f"{repository}:{tag}"
-        digest = ""
         # A client of its own whose read timeout is the stall limit: an engine that sends
         # nothing at all for that long is stuck, whatever the layer.
         api = docker.from_env(timeout=PUSH_STALL_S).api
@@ -243,30 +242,18 @@ class Engine:
         responses: list[requests.Response] = []
         api.hooks["response"].append(lambda response, *args, **kwargs: responses.append(response))
         progress = _Progress()
+
+        def hang_up() -> None:
+            for response in responses:
+                response.close()
+
         try:
-            for event in api.push(repository, tag, stream=True, decode=True, auth_config=auth):
-                if "error" in event or "errorDetail" in event:
-                    message = (event.get("errorDetail") or {}).get("message") or event.get("error", "")
-                    raise _push_error(reference, str(message))
-                aux = event.get("aux") or {}
-                if aux.get("Digest"):
-                    digest = str(aux["Digest"])
-                progress.see(event)
-                status = event.get("status")
-                if (
-                    status
-                    and event.get("id")
-                    and status in ("Pushed", "Layer already exists", "Mounted from")
-                ):
-                    github.info(f"  {event['id']}: {status}")
-                now = time.monotonic()
-                if now - progress.at > PUSH_STALL_S:
-                    raise _Stalled(f"made no progress for {PUSH_STALL_S:.0f} s{progress.where()}")
-                if now > deadline:
-                    raise _Stalled(f"was still running after {PUSH_BUDGET_S:.0f} s{progress.where()}")
+            with cancel.stopper(hang_up):
+                digest = self._follow(api, (repository, tag), auth, progress, deadline)
         except APIError as exc:
             raise _push_error(reference, _first_line(exc)) from exc
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            cancel.raise_if_requested()
             raise _Stalled(f"sent no word for {PUSH_STALL_S:.0f} s{progress.where()}") from exc
         finally:
             # Closing the connection cancels the engine's push; the next try starts clean.
@@ -278,6 +265,33 @@ class Engine:
                 f"the engine pushed {reference} but reported no digest",
                 "rerun; if it persists, check the engine's log",
             )
+        return digest
+
+    @staticmethod
+    def _follow(
+        api: Any, pushed: tuple[str, str], auth: dict[str, str], progress: _Progress, deadline: float
+    ) -> str:
+        """Read the push's progress to its end; the digest it reports."""
+        repository, tag = pushed
+        reference = f"{repository}:{tag}"
+        digest = ""
+        for event in api.push(repository, tag, stream=True, decode=True, auth_config=auth):
+            cancel.raise_if_requested()
+            if "error" in event or "errorDetail" in event:
+                message = (event.get("errorDetail") or {}).get("message") or event.get("error", "")
+                raise _push_error(reference, str(message))
+            aux = event.get("aux") or {}
+            if aux.get("Digest"):
+                digest = str(aux["Digest"])
+            progress.see(event)
+            status = event.get("status")
+            if status and event.get("id") and status in ("Pushed", "Layer already exists", "Mounted from"):
+                github.info(f"  {event['id']}: {status}")
+            now = time.monotonic()
+            if now - progress.at > PUSH_STALL_S:
+                raise _Stalled(f"made no progress for {PUSH_STALL_S:.0f} s{progress.where()}")
+            if now > deadline:
+                raise _Stalled(f"was still running after {PUSH_BUDGET_S:.0f} s{progress.where()}")
         return digest
 
 

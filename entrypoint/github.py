@@ -18,8 +18,11 @@ import os
 import re
 import secrets
 import sys
+import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +42,39 @@ def on_runner() -> bool:
 # Per process: a build cannot see it, so it cannot end the block early.
 _STOP_TOKEN = secrets.token_hex(16)
 _stopped = False
+# One writer at a time: while one of our commands has resumed command processing, no relayed
+# line of another thread (a build of another image) may reach the runner.
+_out = threading.RLock()
+
+
+@dataclass
+class ImageLog:
+    """What one image's work printed, kept for one folded group per image: builds of several
+    images run at once, and their lines would otherwise interleave."""
+
+    name: str
+    lines: list[str] = field(default_factory=list)
+
+
+_image_log: ContextVar[ImageLog | None] = ContextVar("image_log", default=None)
+
+
+@contextmanager
+def image_log(name: str) -> Iterator[ImageLog]:
+    """Collect this thread's output for the image `name`; stage lines still show live."""
+    log = ImageLog(name)
+    token = _image_log.set(log)
+    try:
+        yield log
+    finally:
+        _image_log.reset(token)
+
+
+def show_image_log(log: ImageLog, title: str) -> None:
+    """Print a collected log as one folded group, each line prefixed with the image."""
+    with _out, group(title):
+        for line in log.lines:
+            info(f"[{log.name}] {line}")
 
 
 @contextmanager
@@ -63,16 +99,17 @@ def commands_stopped() -> Iterator[None]:
 @contextmanager
 def _command() -> Iterator[None]:
     """Resume command processing for one of our own commands, then stop it again."""
-    sys.stdout.flush()
-    if _stopped:
-        sys.stdout.write(f"::{_STOP_TOKEN}::\n")
-    try:
-        yield
-    finally:
+    with _out:
         sys.stdout.flush()
         if _stopped:
-            sys.stdout.write(f"::stop-commands::{_STOP_TOKEN}\n")
-        sys.stdout.flush()
+            sys.stdout.write(f"::{_STOP_TOKEN}::\n")
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            if _stopped:
+                sys.stdout.write(f"::stop-commands::{_STOP_TOKEN}\n")
+            sys.stdout.flush()
 
 
 def _now() -> str:
@@ -80,7 +117,19 @@ def _now() -> str:
 
 
 def info(message: str) -> None:
-    print(message, flush=True)
+    log = _image_log.get()
+    if log is not None:
+        log.lines.append(message)
+        return
+    with _out:
+        print(message, flush=True)
+
+
+def _about_image(message: str) -> str:
+    """An annotation raised during one image's work names the image. It is shown at once,
+    not kept for the image's group: the runner lists it with the job either way."""
+    log = _image_log.get()
+    return message if log is None else f"{log.name}: {message}"
 
 
 def mask(secret: str) -> None:
@@ -94,19 +143,23 @@ def mask(secret: str) -> None:
 
 
 def warning(message: str) -> None:
+    message = _about_image(message)
     if on_runner():
         with _command():
             core.warning(message)
     else:
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        with _out:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def notice(message: str) -> None:
+    message = _about_image(message)
     if on_runner():
         with _command():
             core.notice(message)
     else:
-        print(f"note: {message}", flush=True)
+        with _out:
+            print(f"note: {message}", flush=True)
 
 
 def error(message: str) -> None:
@@ -120,8 +173,12 @@ def error(message: str) -> None:
 
 @contextmanager
 def group(title: str) -> Iterator[None]:
-    """Fold long output (build logs, push progress) on a runner."""
-    if on_runner():
+    """Fold long output (build logs, push progress) on a runner. Within an image's log
+    (itself one group: the runner does not nest them) a heading line instead."""
+    if _image_log.get() is not None:
+        info(f"── {title}")
+        yield
+    elif on_runner():
         with _command():
             core.start_group(title)
         try:
@@ -135,7 +192,12 @@ def group(title: str) -> Iterator[None]:
 
 @contextmanager
 def stage(name: str) -> Iterator[None]:
-    """A timestamped start line and, on the way out, the stage's duration."""
+    """A timestamped start line and, on the way out, the stage's duration. Within an image's
+    log the start line also shows at once, so a long build of several is seen to progress."""
+    log = _image_log.get()
+    if log is not None:
+        with _out:
+            print(f"[{_now()}] [{log.name}] ▶ {name}", flush=True)
     info(f"[{_now()}] ▶ {name}")
     started = time.monotonic()
     ok = False

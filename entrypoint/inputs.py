@@ -10,6 +10,7 @@ the file system it is told to look at.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from actions_toolkit import core
 
 from entrypoint.buildkit import cli_reads
 from entrypoint.cache import CACHE_MODES, DEFAULT_CACHE_MODE, CacheMode
+from entrypoint.config import MERGED_KEYS, ImageEntry, merged, read_config
 from entrypoint.errors import InputError
 from entrypoint.reference import DIGEST_RE, REGISTRY_RE, REPOSITORY_RE, TAG_RE, ImageUri, parse_image_uri
 from entrypoint.smoke import DEFAULT_PORT, HTTP_RE, SMOKE_FORMS, SmokeSpec
@@ -45,6 +47,8 @@ PUBLISH_INPUTS = (
     "smoke-memory",
     "invoke-mode",
     "secrets",
+    "config",
+    "parallel",
 )
 DEFAULT_REPOSITORY = "{env}-sse-streaming-lambda"
 DEFAULT_PLATFORM = "linux/amd64"
@@ -227,7 +231,10 @@ def parse_publish(raw: Mapping[str, str], workspace: Path, runner_temp: Path | N
     region = parse_region(raw)
 
     dockerfile_value = _require(
-        raw, "dockerfile", "set 'dockerfile' to the Dockerfile's path relative to the workspace"
+        raw,
+        "dockerfile",
+        "set 'dockerfile' to the Dockerfile's path relative to the workspace, or 'config' to a "
+        "file listing several images",
     )
     dockerfile = path_in(workspace, "dockerfile", dockerfile_value)
     if not dockerfile.is_file():
@@ -524,4 +531,104 @@ def parse_verify(raw: Mapping[str, str], workspace: Path) -> VerifyInputs:
     )
 
 
-# ----------------------------------------------------------------------------- images
+# ------------------------------------------------------------- release (several images)
+
+# Builds at once when 'parallel' is empty: one per core, as BuildKit keeps a core busy.
+MAX_PARALLEL = 16
+RELEASE_REPOSITORY = "{env}-{name}"
+_NAMED_INPUT = re.compile(r"^input '([a-z-]+)'")
+_SUBJECTS = (("Dockerfile '", "dockerfile"), ("build context '", "context"))
+
+
+@dataclass(frozen=True)
+class ReleaseInputs:
+    """What one publish step does: one image (`config` empty; its name is "") or the images
+    of a config file, each with inputs parsed by the same rules as a single image's."""
+
+    images: tuple[tuple[str, PublishInputs], ...]
+    parallel: int
+    config: Path | None = None
+
+    @property
+    def single(self) -> bool:
+        return self.config is None
+
+
+def parse_parallel(raw: Mapping[str, str], cores: int | None = None) -> int:
+    value = raw.get("parallel", "").strip()
+    if not value:
+        return max(1, min(cores or os.cpu_count() or 1, MAX_PARALLEL))
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PARALLEL:
+        raise InputError(
+            f"input 'parallel' is '{value[:40]}', not a number of builds from 1 to {MAX_PARALLEL}",
+            "give how many images may build at once, or leave it empty for one per CPU core",
+        )
+    return int(value)
+
+
+def parse_release(raw: Mapping[str, str], workspace: Path, runner_temp: Path | None = None) -> ReleaseInputs:
+    parallel = parse_parallel(raw)
+    config_value = raw.get("config", "").strip()
+    if not config_value:
+        return ReleaseInputs(images=(("", parse_publish(raw, workspace, runner_temp)),), parallel=parallel)
+    for key in ("dockerfile", "context"):
+        if raw.get(key, "").strip():
+            raise InputError(
+                f"inputs 'config' and '{key}' are both given",
+                f"give each image's {key} in the config file and leave the '{key}' input empty",
+            )
+    config = path_in(workspace, "config", config_value)
+    if not config.is_file():
+        raise InputError(
+            f"config file '{config_value}' does not exist (looked for {config})",
+            "check the 'config' input (relative to the workspace), and that actions/checkout ran",
+        )
+    repository = raw.get("repository", "").strip() or RELEASE_REPOSITORY
+    if "{name}" not in repository:
+        raise InputError(
+            f"input 'repository' is '{repository}', which would give every image of "
+            f"{config_value} the same repository",
+            "put {name} in it (e.g. {env}-{name}), give each image its own repository in the "
+            "file, or leave it empty for {env}-{name}",
+        )
+    images: list[tuple[str, PublishInputs]] = []
+    owner: dict[str, str] = {}
+    for entry in read_config(config, config_value):
+        inputs = _image_inputs(
+            entry, raw, repository, workspace=workspace, runner_temp=runner_temp, shown=config_value
+        )
+        if inputs.repository in owner:
+            raise InputError(
+                f"{config_value} {entry.where('repository')}: repository {inputs.repository} is "
+                f"image '{owner[inputs.repository]}''s too",
+                "give each image its own repository; two images under one tag would overwrite each other",
+            )
+        owner[inputs.repository] = entry.name
+        images.append((entry.name, inputs))
+    return ReleaseInputs(images=tuple(images), parallel=parallel, config=config)
+
+
+def _image_inputs(
+    entry: ImageEntry,
+    raw: Mapping[str, str],
+    repository: str,
+    *,
+    workspace: Path,
+    runner_temp: Path | None,
+    shown: str,
+) -> PublishInputs:
+    """One image's inputs: the action's, with the image's own keys over them."""
+    own = dict(raw)
+    own.pop("config", None)
+    for key, value in entry.raw.items():
+        own[key] = merged(raw.get(key, ""), value) if key in MERGED_KEYS else value
+    own["repository"] = entry.raw.get("repository", repository).replace("{name}", entry.name)
+    try:
+        return parse_publish(own, workspace, runner_temp)
+    except InputError as exc:
+        named = _NAMED_INPUT.match(exc.cause)
+        key = named.group(1) if named else next((k for s, k in _SUBJECTS if exc.cause.startswith(s)), "")
+        if key not in entry.raw:
+            raise  # an action input's own fault, named as such
+        cause = exc.cause.replace(f"input '{key}'", f"'{key}'", 1)
+        raise InputError(f"{shown} {entry.where(key)}: {cause}", exc.fix) from exc

@@ -1,30 +1,33 @@
-"""The publish job: plan, check the engine, log in, build, push the commit tag, move the
-other tags once the image is complete, and prove every tag resolves to one digest."""
+"""One image's publish, step by step: prepare (before any side effect), connect (the
+repository and its tags), produce (reuse or build, check, push the commit tag), move the
+other tags once the image is complete, and verify that every tag resolves to one digest.
+
+`release` runs these steps for one image or several; this module knows one image only."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from entrypoint import buildkit, cache, github, lambda_checks, layering, smoke, tags
 from entrypoint.engine import Engine, resolve_with_engine
 from entrypoint.errors import InputError, PushRejectedError
 from entrypoint.fingerprint import Fingerprint, compute_fingerprint, included_paths_under
-from entrypoint.plan import Plan, make_plan
 from entrypoint.reference import is_loopback
 from entrypoint.registry import index_images, platform_of
-from entrypoint.session import open_session
+from entrypoint.session import Session, open_session
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+    from contextlib import AbstractContextManager
 
     from entrypoint.ecr import RegistryLogin, Repository
     from entrypoint.inputs import PublishInputs
+    from entrypoint.plan import Plan
     from entrypoint.registry import Descriptor, Manifest, RegistryClient
 
 
@@ -65,88 +68,114 @@ class Target:
         return tags.Place(self.registry, self.repository, self.current)
 
 
-def publish(inputs: PublishInputs, environ: Mapping[str, str]) -> PublishResult:
-    with github.stage("plan"):
-        plan = make_plan(inputs, environ)
-        for line in plan.describe():
-            github.info(f"  {line}")
-        _check_secrets(inputs, environ)
-        _warn_about_leaks(inputs)
-        hint = layering.cache_hostile_hint(inputs.dockerfile.read_text(errors="replace"))
-        if hint:
-            github.notice(hint)
+@dataclass
+class Job:
+    """One image through the publish: its plan, then what each step found. A release of
+    several images runs one job each; `release` orders the steps across them."""
 
-    # The engine and CLI probes (a few docker CLI runs) overlap the ECR login (network round
-    # trips): neither has side effects, and a fault in either is reported all the same.
+    name: str
+    plan: Plan
     target: Target | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-probe") as pool:
-        probing = pool.submit(_probe_engine, inputs.cache)
-        if inputs.push:
-            with github.stage("log in to Amazon ECR"):
-                plan, target = _connect(plan)
-        with github.stage("check the Docker engine"):
-            engine, builder, support = probing.result()
-            github.info(f"  builder: {builder.kind} ({builder.version}), driver {builder.driver}")
-            if support.note:
-                github.info(f"  cache: {support.note}")
-
     manifest: Manifest | None = None
     source: Fingerprint | None = None
-    built_here = False
+    built_here: bool = False
+    image_id: str = ""
+    moved: tags.Moved = field(default_factory=list)
+
+    @property
+    def outcome(self) -> str:
+        if self.built_here:
+            return "built"
+        if self.image_id:
+            return "built, not pushed"
+        if self.source is not None:
+            return "skipped (same sources)"
+        return "reused (commit tag)" if self.manifest else "not done"
+
+    def result(self) -> PublishResult:
+        plan = self.plan
+        return PublishResult(
+            registry=plan.registry or "",
+            repository=plan.inputs.repository,
+            digest=self.manifest.digest if self.manifest else "",
+            references=tuple(plan.reference(t) for t in plan.tags) if self.manifest else (),
+        )
+
+
+def prepare(job: Job, environ: Mapping[str, str], *, describe: bool = True) -> None:
+    """Before any side effect: the plan shown, secrets masked, leaks and cache-hostile
+    Dockerfiles warned of."""
+    inputs = job.plan.inputs
+    if describe:
+        for line in job.plan.describe():
+            github.info(f"  {line}")
+    _check_secrets(inputs, environ)
+    _warn_about_leaks(inputs)
+    hint = layering.cache_hostile_hint(inputs.dockerfile.read_text(errors="replace"))
+    if hint:
+        github.notice(hint)
+
+
+def produce(
+    job: Job,
+    engine: Engine,
+    builders: Callable[[], buildkit.Builder],
+    build_slot: AbstractContextManager[Any],
+) -> None:
+    """Reuse or build the image, check it, and push it under its commit tag. Moves nothing.
+    `builders`: the builder to use (made on first call); `build_slot`: held while building."""
+    plan, target = job.plan, job.target
     if target is not None:
         with github.stage("look for an image built from the same sources"):
-            manifest, source = _reuse(plan, target, engine)
-
-    if manifest is None:
-        with contextlib.ExitStack() as made:
-            if support.needs_container_builder:
-                builder = made.enter_context(
-                    buildkit.container_builder(builder, allow_host_network=_loopback_registry(inputs))
-                )
-            built = _build(plan, target, builder)
-        _check(plan, engine, built.image_id)
-        if target is None:
-            github.notice(
-                f"push is false: built and checked {plan.local_image} ({built.image_id}); nothing was pushed"
-            )
-            return PublishResult(
-                registry=plan.registry or "", repository=inputs.repository, digest="", references=()
-            )
-        with github.stage(f"push {plan.reference(plan.commit_tag)}"):
-            manifest = _push_commit_tag(engine, plan, target, built.image_id)
-        built_here = True
-    else:
+            job.manifest, job.source = _reuse(plan, target, engine)
+    if job.manifest is not None:
         assert target is not None
         with github.stage(f"tag {plan.reference(plan.commit_tag)}"):
-            tags.put(target.place, plan.commit_tag, manifest)
-
-    assert target is not None
-    assert plan.registry is not None
-    with github.stage("move " + ", ".join(plan.moving_tags)):
-        tags.move(target.place, plan.moving_tags, manifest, env=plan.inputs.env)
-    with github.stage("verify the registry"):
-        tags.settle_and_verify(
-            target.place,
-            plan.moving_tags,
-            manifest,
-            env=plan.inputs.env,
-            fixed=(plan.commit_tag,),
-            reference=plan.reference,
+            tags.put(target.place, plan.commit_tag, job.manifest)
+        return
+    with build_slot:
+        built = _build(plan, target, builders())
+    job.image_id = built.image_id
+    _check(plan, engine, built.image_id)
+    if target is None:
+        github.notice(
+            f"push is false: built and checked {plan.local_image} ({built.image_id}); nothing was pushed"
         )
-        if source is not None:
-            # Recorded last, so only a complete, verified publish can be reused by a later run.
-            tags.put(target.place, source.tag, manifest)
-        if built_here and inputs.cache == "registry-inline":
-            _advance_anchor(plan, target, manifest)
-    return PublishResult(
-        registry=plan.registry,
-        repository=inputs.repository,
-        digest=manifest.digest,
-        references=tuple(plan.reference(t) for t in plan.tags),
+        return
+    with github.stage(f"push {plan.reference(plan.commit_tag)}"):
+        job.manifest = _push_commit_tag(engine, plan, target, built.image_id)
+    job.built_here = True
+
+
+def move(job: Job) -> None:
+    """Point the environment tag, latest and the extra tags at the image."""
+    plan, target = job.plan, job.target
+    assert target is not None
+    assert job.manifest is not None
+    job.moved = tags.move(target.place, plan.moving_tags, job.manifest, env=plan.inputs.env)
+
+
+def verify(job: Job) -> None:
+    """Read every tag back; then record the fingerprint and the cache anchor."""
+    plan, target, manifest = job.plan, job.target, job.manifest
+    assert target is not None
+    assert manifest is not None
+    tags.settle_and_verify(
+        target.place,
+        plan.moving_tags,
+        manifest,
+        env=plan.inputs.env,
+        fixed=(plan.commit_tag,),
+        reference=plan.reference,
     )
+    if job.source is not None:
+        # Recorded last, so only a complete, verified publish can be reused by a later run.
+        tags.put(target.place, job.source.tag, manifest)
+    if job.built_here and plan.inputs.cache == "registry-inline":
+        _advance_anchor(plan, target, manifest)
 
 
-def _probe_engine(mode: cache.CacheMode) -> tuple[Engine, buildkit.Builder, cache.CacheSupport]:
+def probe_engine(mode: cache.CacheMode) -> tuple[Engine, buildkit.Builder, cache.CacheSupport]:
     engine = Engine.connect()
     builder = buildkit.detect_builder()
     return engine, builder, cache.check_supported(mode, builder)
@@ -188,7 +217,7 @@ def _warn_about_leaks(inputs: PublishInputs) -> None:
         )
 
 
-def _loopback_registry(inputs: PublishInputs) -> bool:
+def loopback_registry(inputs: PublishInputs) -> bool:
     """A builder container reaches the runner's loopback only with host networking, which
     the action gives it only when the workflow itself named a loopback registry."""
     return inputs.registry is not None and is_loopback(inputs.registry)
@@ -341,17 +370,20 @@ def _check(plan: Plan, engine: Engine, image_id: str) -> None:
         github.info(f"  {result.detail} after {result.seconds:.1f} s")
 
 
-def _connect(plan: Plan) -> tuple[Plan, Target]:
-    session = open_session(
-        plan.inputs.region, ((plan.inputs.registry, "registry"),) if plan.inputs.registry else ()
-    )
-    login = session.login
-    plan = plan.with_registry(plan.inputs.registry or login.registry)
+def log_in(inputs: PublishInputs) -> Session:
+    return open_session(inputs.region, ((inputs.registry, "registry"),) if inputs.registry else ())
+
+
+def connect(job: Job, session: Session) -> None:
+    """The registry and repository the image goes to, and what its tags name now; refused
+    here, before anything is built, when a tag that must move cannot."""
+    inputs = job.plan.inputs
+    plan = job.plan = job.plan.with_registry(inputs.registry or session.login.registry)
     assert plan.registry is not None
     registry = session.client(plan.registry, "the 'registry' input")
     registry.ping()
-    github.info(f"  logged in to {plan.registry} as {login.username}")
-    repository = session.ecr.repository(plan.inputs.repository)
+    github.info(f"  logged in to {plan.registry} as {session.login.username}")
+    repository = session.ecr.repository(inputs.repository)
     github.info(f"  repository {repository.name} exists (tags {repository.mutability})")
     current = tags.look_up(registry, repository, plan.tags).current
     tags.require_movable(
@@ -361,9 +393,11 @@ def _connect(plan: Plan) -> tuple[Plan, Target]:
         nothing="nothing was pushed",
     )
     anchor = None
-    if plan.inputs.cache == "registry-inline":
-        anchor = registry.head_manifest(repository.name, cache.inline_cache_anchor_tag(plan.inputs.env))
-    return plan, Target(login=login, registry=registry, repository=repository, current=current, anchor=anchor)
+    if inputs.cache == "registry-inline":
+        anchor = registry.head_manifest(repository.name, cache.inline_cache_anchor_tag(inputs.env))
+    job.target = Target(
+        login=session.login, registry=registry, repository=repository, current=current, anchor=anchor
+    )
 
 
 def _advance_anchor(plan: Plan, target: Target, manifest: Manifest) -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 import requests
 
-from entrypoint import github
+from entrypoint import cancel, github
 from entrypoint.engine import ContainerError
 from entrypoint.errors import CheckError
 
@@ -173,6 +173,7 @@ def _probe(
     inside: _InContainer | None = _InContainer(container, spec) if spec.kind == "http" else None
     url = ""
     while True:
+        cancel.raise_if_requested()
         state = container.state()
         if state.get("Status") in ("exited", "dead"):
             code = state.get("ExitCode")

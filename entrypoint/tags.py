@@ -96,11 +96,15 @@ def put(place: Place, tag: str, manifest: Manifest) -> None:
     github.info(f"  {tag} -> {manifest.digest}")
 
 
-def move(place: Place, moving: Iterable[str], manifest: Manifest, *, env: str) -> None:
+Moved = list[tuple[str, "Manifest"]]
+
+
+def move(place: Place, moving: Iterable[str], manifest: Manifest, *, env: str) -> Moved:
     """Move each tag to `manifest`; the environment tag's old image goes into the history
-    first. On failure or cancel, tags that already moved are put back."""
+    first. On failure or cancel, tags that already moved are put back. Returns the tags
+    that moved with their old images, for `undo` when a release fails elsewhere."""
     registry, name = place.registry, place.name
-    moved: list[tuple[str, Manifest]] = []
+    moved: Moved = []
     try:
         for tag in moving:
             before = place.current.get(tag)
@@ -117,13 +121,20 @@ def move(place: Place, moving: Iterable[str], manifest: Manifest, *, env: str) -
             if previous:
                 moved.append((tag, previous))
     except (RegistryError, Cancelled):
-        for tag, previous in reversed(moved):
-            try:
-                registry.put_manifest(name, tag, previous)
-                github.info(f"  restored {tag} -> {previous.digest}")
-            except RegistryError as exc:
-                github.warning(f"could not restore {tag} to {previous.digest}: {exc.cause}")
+        undo(place, moved)
         raise
+    return moved
+
+
+def undo(place: Place, moved: Moved) -> None:
+    """Put tags back where they were (a tag that named nothing before stays: the registry
+    API has no untag, and it names a complete, checked image)."""
+    for tag, previous in reversed(moved):
+        try:
+            place.registry.put_manifest(place.name, tag, previous)
+            github.info(f"  restored {tag} -> {previous.digest}")
+        except RegistryError as exc:
+            github.warning(f"could not restore {tag} to {previous.digest}: {exc.cause}")
 
 
 def settle_and_verify(

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from entrypoint.errors import InputError
-from entrypoint.inputs import parse_promote, parse_publish, parse_rollback, parse_verify
+from entrypoint.inputs import (
+    parse_parallel,
+    parse_promote,
+    parse_publish,
+    parse_release,
+    parse_rollback,
+    parse_verify,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -147,3 +154,112 @@ def test_bad_verify_inputs(workspace: Path, raw: dict[str, str], expected: str) 
     with pytest.raises(InputError) as raised:
         parse_verify({"region": "eu-west-2", **raw}, workspace)
     assert expected in raised.value.line()
+
+
+# ----------------------------------------------------------------------- config (release)
+
+GOOD_CONFIG = """\
+images:
+  - name: orders
+    dockerfile: services/orders/Dockerfile
+    build-args: {BASE: python, EXTRA: "1"}
+    tags: [blue, green]
+    smoke: 8080/health
+  - name: billing
+    dockerfile: services/billing/Dockerfile
+    context: services
+    repository: "{env}-billing-svc"
+    platform: linux/arm64
+    smoke-timeout: 12
+"""
+
+
+def edited(old: str, new: str) -> str:
+    assert old in GOOD_CONFIG
+    return GOOD_CONFIG.replace(old, new)
+
+
+@pytest.fixture
+def services(workspace: Path) -> Path:
+    for name in ("orders", "billing"):
+        (workspace / "services" / name).mkdir(parents=True)
+        (workspace / "services" / name / "Dockerfile").write_text("FROM scratch\n")
+    return workspace
+
+
+def _release(workspace: Path, text: str, **overrides: str) -> dict[str, str]:
+    (workspace / "lambdas.yml").write_text(text)
+    return {"env": "prod", "region": "eu-west-2", "config": "lambdas.yml", **overrides}
+
+
+NESTED = "images:\n  - name: x\n    dockerfile: Dockerfile\n    build-args: [1, [2]]\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "expected"),
+    [
+        (GOOD_CONFIG + "    push: false\n", {},
+         "lambdas.yml line 13: 'push' is set for one image, but it holds for the whole run"),
+        (GOOD_CONFIG + "    dockerfil: x\n", {}, "line 13: unknown key 'dockerfil'"),
+        (edited("name: billing", "name: orders"), {},
+         "line 7: the name 'orders' is already used by the image on line 2"),
+        (edited("    dockerfile: services/billing/Dockerfile\n", ""), {},
+         "line 7: image 'billing' has no dockerfile"),
+        (edited("services/billing/Dockerfile", "services/gone/Dockerfile"), {},
+         "lambdas.yml line 8, image 'billing': Dockerfile 'services/gone/Dockerfile' does not exist"),
+        (edited("8080/health", "http://x"), {},
+         "lambdas.yml line 6, image 'orders': 'smoke' is 'http://x', which is not a smoke test"),
+        (GOOD_CONFIG + "    smoke-timeout: 13\n", {},
+         "line 13 is not valid YAML: the key 'smoke-timeout' is given twice"),
+        (GOOD_CONFIG, {"dockerfile": "Dockerfile"}, "inputs 'config' and 'dockerfile' are both given"),
+        (GOOD_CONFIG, {"repository": "{env}-all"}, "would give every image of lambdas.yml the same"),
+        (edited('"{env}-billing-svc"', '"{env}-orders"'), {},
+         "line 10, image 'billing': repository prod-orders is image 'orders''s too"),
+        ("images: [\n", {}, "lambdas.yml line 2 is not valid YAML"),
+        ("services: []\n", {}, "lambdas.yml has no 'images' list at its top level"),
+        ("images: []\n", {}, "'images' is not a list of images"),
+        ("images:\n  - name: Orders!\n    dockerfile: Dockerfile\n", {},
+         "line 2: image 1 has the name 'Orders!'"),
+        (NESTED, {}, "'build-args' holds a nested list or mapping"),
+        ("images:\n  - !!python/object:os.system {}\n", {}, "is not valid YAML"),
+        (GOOD_CONFIG, {"parallel": "0"}, "input 'parallel' is '0'"),
+        (GOOD_CONFIG, {"config": "nothere.yml"}, "config file 'nothere.yml' does not exist"),
+    ],
+)  # fmt: skip
+def test_bad_configs(services: Path, config: str, overrides: dict[str, str], expected: str) -> None:
+    with pytest.raises(InputError) as raised:
+        parse_release(_release(services, config, **overrides), services)
+    assert expected in raised.value.line()
+
+
+def test_a_config_gives_each_image_its_inputs_over_the_defaults(services: Path) -> None:
+    raw = _release(services, GOOD_CONFIG, **{"build-args": "BASE=debian\nSHARED=1", "smoke-memory": "1024"})
+    release = parse_release(raw, services)
+    assert not release.single
+    assert release.config == services / "lambdas.yml"
+    (orders_name, orders), (billing_name, billing) = release.images
+    assert (orders_name, billing_name) == ("orders", "billing")
+    assert orders.repository == "prod-orders"
+    assert billing.repository == "prod-billing-svc"
+    assert orders.dockerfile == services / "services" / "orders" / "Dockerfile"
+    assert orders.context == orders.dockerfile.parent
+    assert billing.context == services / "services"
+    # build-args merge by key (the image's win); other keys replace the input.
+    assert orders.build_args == (("BASE", "python"), ("SHARED", "1"), ("EXTRA", "1"))
+    assert billing.build_args == (("BASE", "debian"), ("SHARED", "1"))
+    assert orders.extra_tags == ("blue", "green")
+    assert billing.extra_tags == ()
+    assert (orders.platform, billing.platform) == ("linux/amd64", "linux/arm64")
+    assert orders.smoke is not None and orders.smoke.port == 8080 and billing.smoke is None
+    assert (orders.smoke_timeout, billing.smoke_timeout) == (30.0, 12.0)
+    assert orders.smoke_memory == billing.smoke_memory == 1024
+    assert orders.env == billing.env == "prod"
+
+
+def test_without_config_one_image_and_parallel_sized_to_the_machine(workspace: Path) -> None:
+    release = parse_release(_publish(workspace), workspace)
+    assert release.single
+    assert [name for name, _ in release.images] == [""]
+    assert parse_parallel({}, cores=2) == 2
+    assert parse_parallel({}, cores=64) == 16
+    assert parse_parallel({"parallel": "3"}, cores=2) == 3

@@ -1,0 +1,274 @@
+"""A publish step from start to end, for one image or the images of a `config` file.
+
+One plan, one engine check and one ECR login for all. Each image then goes its own way in
+a worker of its own (look up its repository, reuse or build, check, push under its commit
+tag), with at most `parallel` builds at a time and its lines kept in one folded group.
+Only when every image is pushed and checked do environment tags, latest and the extra
+tags move, for all of them; if any image failed, none moves, and the error names each
+failed image and its cause. A move that fails half-way puts back the tags already moved.
+
+With one image (no `config`) the same steps run in this thread, and the log is the
+single-image log it always was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from entrypoint import buildkit, github, publish, tags
+from entrypoint.errors import ActionError
+from entrypoint.plan import Plan, resolve_commit
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from entrypoint import cache
+    from entrypoint.engine import Engine
+    from entrypoint.inputs import ReleaseInputs
+    from entrypoint.publish import Job, PublishResult
+    from entrypoint.session import Session
+
+# Registry look-ups and tag moves are network round trips; this many images at once.
+NETWORK_WORKERS = 8
+
+
+class ReleaseFailedError(ActionError):
+    """Some images of a release failed; no environment tag of any image moved."""
+
+    def __init__(self, failures: list[tuple[str, ActionError]], total: int, stage: str) -> None:
+        causes = "; ".join(f"{name}: {exc.cause}" for name, exc in failures)
+        fixes = "; ".join(f"{name}: {exc.fix}" for name, exc in failures)
+        super().__init__(
+            f"{len(failures)} of {total} images failed {stage}, so no environment tag, latest or "
+            f"extra tag of any image moved - {causes}",
+            f"{fixes}; then rerun (images that passed are pushed under their commit tags and "
+            "the rerun reuses them)",
+        )
+        codes = {exc.exit_code for _, exc in failures}
+        self.exit_code = codes.pop() if len(codes) == 1 else 1
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    images: tuple[tuple[str, PublishResult, str, float], ...]  # name, result, outcome, seconds
+    single: bool
+
+    def outputs(self) -> dict[str, str]:
+        results = [result for _, result, _, _ in self.images]
+        by_name = {
+            (name or result.repository): {
+                "image-uri": result.image_uri,
+                "digest": result.digest,
+                "repository": result.repository,
+            }
+            for name, result, _, _ in self.images
+        }
+        one = results[0] if len(results) == 1 else None
+        return {
+            "image-uri": one.image_uri if one else "",
+            "digest": one.digest if one else "",
+            "tags": "\n".join(ref for result in results for ref in result.references),
+            "registry": results[0].registry,
+            "repository": one.repository if one else "",
+            "images": json.dumps(by_name, sort_keys=True),
+        }
+
+    def summary(self) -> str:
+        if self.single:
+            return publish.summary(self.images[0][1])
+        rows = [
+            (
+                github.markdown_text(name),
+                github.markdown_code(result.repository),
+                github.markdown_text(outcome),
+                github.markdown_code(result.digest),
+                f"{seconds:.1f} s",
+            )
+            for name, result, outcome, seconds in self.images
+        ]
+        header = ("image", "repository", "result", "digest", "time")
+        return "### Lambda images published\n\n" + github.markdown_table(header, rows)
+
+
+@dataclass
+class _Builders:
+    """The builder every build uses; a docker-container builder (for cache modes the
+    engine's own builder cannot export) is made on first need, once, and removed at the end."""
+
+    builder: buildkit.Builder
+    support: cache.CacheSupport
+    host_network: bool
+    stack: contextlib.ExitStack
+    made: buildkit.Builder | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self) -> buildkit.Builder:
+        if not self.support.needs_container_builder:
+            return self.builder
+        with self.lock:
+            if self.made is None:
+                self.made = self.stack.enter_context(
+                    buildkit.container_builder(self.builder, allow_host_network=self.host_network)
+                )
+            return self.made
+
+
+def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> ReleaseResult:
+    first = release.images[0][1]
+    commit = resolve_commit(first.workspace, environ)
+    jobs = [publish.Job(name, Plan(inputs, commit, inputs.registry)) for name, inputs in release.images]
+    began = time.monotonic()
+    with github.stage("plan"):
+        _plan(jobs, release, environ)
+
+    # The engine and CLI probes (a few docker CLI runs) overlap the ECR login (network round
+    # trips): neither has side effects, and a fault in either is reported all the same.
+    session: Session | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-probe") as pool:
+        probing = pool.submit(publish.probe_engine, first.cache)
+        if first.push:
+            with github.stage("log in to Amazon ECR"):
+                session = publish.log_in(first)
+                if release.single:
+                    publish.connect(jobs[0], session)
+        with github.stage("check the Docker engine"):
+            engine, builder, support = probing.result()
+            github.info(f"  builder: {builder.kind} ({builder.version}), driver {builder.driver}")
+            if support.note:
+                github.info(f"  cache: {support.note}")
+
+    seconds: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        builders = _Builders(builder, support, publish.loopback_registry(first), stack)
+        if release.single:
+            publish.produce(jobs[0], engine, builders, contextlib.nullcontext())
+        else:
+            seconds = _produce_all(jobs, release.parallel, session, engine, builders)
+    if first.push:
+        _move_all(jobs, release.single)
+        with github.stage("verify the registry"):
+            _each(jobs, _prefixed(publish.verify, release.single), release.single, "verifying its tags")
+    whole = time.monotonic() - began
+    return ReleaseResult(
+        images=tuple((job.name, job.result(), job.outcome, seconds.get(job.name, whole)) for job in jobs),
+        single=release.single,
+    )
+
+
+def _plan(jobs: list[Job], release: ReleaseInputs, environ: Mapping[str, str]) -> None:
+    if release.single:
+        publish.prepare(jobs[0], environ)
+        return
+    plan = jobs[0].plan
+    github.info(f"  config      : {release.config} ({len(jobs)} images, {release.parallel} builds at once)")
+    for line in plan.describe()[:2]:  # environment and region hold for every image
+        github.info(f"  {line}")
+    github.info(f"  commit      : {plan.commit}")
+    github.info(f"  tags        : {', '.join(plan.tags[:1] + plan.moving_tags)} of each image")
+    for job in jobs:
+        inputs = job.plan.inputs
+        github.info(
+            f"  {job.name}: {inputs.dockerfile.relative_to(inputs.workspace)} -> "
+            f"{job.plan.repository_path} ({inputs.platform})"
+        )
+        publish.prepare(job, environ, describe=False)
+
+
+def _produce_all(
+    jobs: list[Job], parallel: int, session: Session | None, engine: Engine, builders: _Builders
+) -> dict[str, float]:
+    """Each image in a worker of its own; at most `parallel` of them build at once."""
+    slots = threading.BoundedSemaphore(parallel)
+    seconds: dict[str, float] = {}
+
+    def one(job: Job) -> None:
+        began = time.monotonic()
+        ok = False
+        try:
+            with github.image_log(job.name) as log:
+                if session is not None:
+                    with github.stage(f"look up {job.plan.inputs.repository}"):
+                        publish.connect(job, session)
+                publish.produce(job, engine, builders, slots)
+                ok = True
+        finally:
+            seconds[job.name] = time.monotonic() - began
+            digest = f" {job.manifest.digest}" if job.manifest else ""
+            title = f"{job.name}: {job.outcome if ok else 'failed'}{digest} ({seconds[job.name]:.1f} s)"
+            github.show_image_log(log, title)
+
+    with github.stage(f"publish {len(jobs)} images under their commit tags"):
+        _each(jobs, one, False, "before any tag moved", workers=max(parallel, NETWORK_WORKERS))
+    return seconds
+
+
+def _move_all(jobs: list[Job], single: bool) -> None:
+    moving = ", ".join(jobs[0].plan.moving_tags)
+    with github.stage(f"move {moving}" if single else f"move {moving} of {len(jobs)} images"):
+        try:
+            _each(jobs, _prefixed(publish.move, single), single, "moving its tags")
+        except ActionError:
+            # One image's move failed (and put back its own tags): the others go back too,
+            # so that the release stays all or nothing.
+            for job in jobs:
+                if job.moved:
+                    assert job.target is not None
+                    tags.undo(job.target.place, job.moved)
+            raise
+
+
+def _each(
+    jobs: Iterable[Job],
+    step: Callable[[Job], None],
+    single: bool,
+    stage: str,
+    *,
+    workers: int = NETWORK_WORKERS,
+) -> None:
+    """Run `step` for every job; with several, at once, and every failure named in one error."""
+    jobs = list(jobs)
+    if single:
+        for job in jobs:
+            step(job)
+        return
+    failures: list[tuple[str, ActionError]] = []
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="image") as pool:
+        futures = {pool.submit(step, job): job for job in jobs}
+        try:
+            wait(futures)
+        except BaseException:
+            # Cancelled on this thread: the workers stop at their next check (builds are
+            # told to stop by the signal itself) and clean up before the error is raised.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    for future, job in futures.items():
+        exc = future.exception()
+        if isinstance(exc, ActionError):
+            failures.append((job.name, exc))
+        elif exc is not None:
+            raise exc
+    if failures:
+        raise ReleaseFailedError(failures, len(jobs), stage)
+
+
+def _prefixed(step: Callable[[Job], None], single: bool) -> Callable[[Job], None]:
+    """A short step of several images at once: its lines, prefixed with the image's name,
+    printed together when it ends (so one image's lines stay together)."""
+    if single:
+        return step
+
+    def run(job: Job) -> None:
+        try:
+            with github.image_log(job.name) as log:
+                step(job)
+        finally:
+            for line in log.lines:
+                github.info(f"  [{job.name}] {line.strip()}")
+
+    return run
