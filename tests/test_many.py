@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.run import publish as publish_in
 from tests.test_republish import SKIPPED, empty_engine
+from tests.test_verify import change, function, verify, write_plan
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -234,3 +235,35 @@ def test_a_malformed_config_is_one_input_error_before_anything_happens(
     ]
     assert "log in to Amazon ECR" not in run.log
     assert all(not registry.tags(f"{prefix}-preprod-{name}") for name in NAMES)
+
+
+def test_the_gate_passes_a_plan_of_the_releases_functions_and_stops_a_stale_one(
+    services: Workspace, registry: Registry, prefix: str, tmp_path: Path
+) -> None:
+    run = release(services, registry, prefix, tmp_path)
+    assert run.code == 0, run.log
+    images = json.loads(run.outputs["images"])
+    changes = [
+        change(f"module.{name}.aws_lambda_function.this", ["update"], function(images[name]["image-uri"]))
+        for name in NAMES
+    ]
+    write_plan(tmp_path / "plan.json", changes)
+    gate = verify(tmp_path, "--plan", "plan.json", "--registry", registry.host)
+    assert gate.code == 0, gate.log
+    assert gate.outputs == {"checked": str(len(NAMES))}
+    assert f"the plan creates or updates {len(NAMES)} Image function(s)" in gate.stdout
+
+    # One function still names an image that was never published: the gate names it alone.
+    never = "sha256:" + "0" * 64
+    changes[2] = change(
+        "module.billing.aws_lambda_function.this",
+        ["update"],
+        function(f"{registry.host}/{images['billing']['repository']}@{never}"),
+    )
+    write_plan(tmp_path / "plan.json", changes)
+    stale = verify(tmp_path, "--plan", "plan.json", "--registry", registry.host)
+    assert stale.code == 1
+    (error,) = stale.error_lines()
+    assert error.startswith(f"::error::1 of {len(NAMES)} image(s) must not be deployed: ")
+    assert "module.billing.aws_lambda_function.this" in error
+    assert "module.orders" not in error
