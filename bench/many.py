@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             ws.commit_files({"README.md": f"run {run}\n"}, f"run {run}")
 
             empty_engine(client, PREFIX)
-            repository = f"{ours}-release-{{env}}-{{name}}"
-            times["release"].append(_publish(ws, env, registry, "--config", "lambdas.yml", "--repository", repository))
+            release = ("--config", "lambdas.yml", "--repository", f"{ours}-release-{{env}}-{{name}}")
+            times["release"].append(_publish(ws, env, registry, *release))
 
             empty_engine(client, PREFIX)
             total = 0.0
@@ -138,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
 
             ws.commit_files({"README.md": f"run {run}, docs only\n"}, f"run {run} docs")
             empty_engine(client, PREFIX)
-            times["rerun"].append(_publish(ws, env, registry, "--config", "lambdas.yml", "--repository", repository))
+            times["rerun"].append(_publish(ws, env, registry, *release))
             _say(
-                f"run {run + 1}: one step {times['release'][-1]:.1f} s, six steps {times['singles'][-1]:.1f} s, "
-                f"unchanged rerun {times['rerun'][-1]:.2f} s"
+                f"run {run + 1}: one step {times['release'][-1]:.1f} s, "
+                f"six steps {times['singles'][-1]:.1f} s, unchanged rerun {times['rerun'][-1]:.2f} s"
             )
     block = render(times, args.runs, time.monotonic() - began)
     write_block(block, RESULTS, "Many-functions benchmark", README, (START, END))
@@ -159,19 +159,22 @@ def render(times: dict[str, list[float]], runs: int, took: float) -> str:
     goal = rerun <= 3.0
     return "\n".join(
         [
-            f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `bash bench/many.sh --runs {runs}` "
+            f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with "
+            f"`bash bench/many.sh --runs {runs}` "
             f"(median of {runs}; {took:.0f} s in all) on {os.cpu_count()} CPUs, {platform.system()} "
             f"{platform.release()}. Six Python services, each on an emptied engine.",
             "",
             "| case | seconds | samples |",
             "|---|--:|---|",
             f"| first publish of six, one step with `config` | {release:.1f} | {samples('release')} |",
-            f"| first publish of six, six single-image steps in a row | {singles:.1f} | {samples('singles')} |",
+            f"| first publish of six, six single-image steps in a row | {singles:.1f} "
+            f"| {samples('singles')} |",
             f"| unchanged rerun of six, one step, emptied engine | {rerun:.2f} | {samples('rerun')} |",
             "",
             "| goal | result | measured |",
             "|---|---|---|",
-            f"| unchanged rerun of six images, whole run: ≤ 3 s | **{'PASS' if goal else 'MISS'}** | {rerun:.2f} s |",
+            f"| unchanged rerun of six images, whole run: ≤ 3 s | **{'PASS' if goal else 'MISS'}** "
+            f"| {rerun:.2f} s |",
             f"| first publish, one step against six steps | | {singles / release:.2f}x faster |",
             "",
         ]
