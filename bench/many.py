@@ -12,11 +12,13 @@ removed, all build cache pruned): what a fresh runner has.
   Dockerfile` six times in a row, into six other new repositories: what a workflow with one
   step (or one matrix job on one runner) per function does;
 - **unchanged rerun, one step**: a new commit that changes nothing the images are made of,
-  published with the config on an emptied engine: every image is skipped. Goal: ≤ 3 s for the
-  whole run.
+  published with the config on an emptied engine: every image is skipped.
 
-The time is the entrypoint process's, start to exit (the action's venv exists, as after its
-set-up step). Writes bench/many-results.md and the README block between the bench-many
+Those times are the entrypoint process's, start to exit (the action's venv exists, as after
+its set-up step). The goal, an unchanged rerun of six in ≤ 3 s for the whole run, is measured
+as a user waits for it: the `uses:` step under nektos/act on a fresh runner (new RUNNER_TEMP,
+so the action's set-up runs cold; page cache dropped; engine emptied), as bench/setup.py does
+for one image. Writes bench/many-results.md and the README block between the bench-many
 markers.
 """
 
@@ -26,10 +28,12 @@ import argparse
 import os
 import platform
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,9 +41,11 @@ from pathlib import Path
 import boto3
 import docker
 
-from bench.engine import empty_engine
+from bench.engine import empty_engine, fresh_page_cache
 from bench.report import write_block
 from bench.run import _subprocess_env
+from bench.setup import WHOLE
+from tests.support.act import CHECKOUT, action_checkout, run_act
 from tests.support.stack import ECR_PASSWORD, ECR_USER, REPO_ROOT, MotoServer, Registry, ensure_python_base
 from tests.support.workspace import Workspace
 
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
     began = time.monotonic()
-    times: dict[str, list[float]] = {"release": [], "singles": [], "rerun": []}
+    times: dict[str, list[float]] = {"release": [], "singles": [], "rerun": [], "act": []}
     client = docker.from_env(timeout=600)
     with (
         tempfile.TemporaryDirectory(prefix="bench-many-") as tmp_name,
@@ -143,20 +149,74 @@ def main(argv: list[str] | None = None) -> int:
                 f"run {run + 1}: one step {times['release'][-1]:.1f} s, "
                 f"six steps {times['singles'][-1]:.1f} s, unchanged rerun {times['rerun'][-1]:.2f} s"
             )
+        times["act"] = under_act(tmp, ws, moto.endpoint, registry, release[-1], client, args.runs)
     block = render(times, args.runs, time.monotonic() - began)
     write_block(block, RESULTS, "Many-functions benchmark", README, (START, END))
     print(block)
     return 0
 
 
+def under_act(
+    tmp: Path,
+    ws: Workspace,
+    moto: str,
+    registry: Registry,
+    repository: str,
+    client: docker.DockerClient,
+    runs: int,
+) -> list[float]:
+    """The whole `uses:` step, fresh runner each time, unchanged sources (all six skipped)."""
+    action = action_checkout(tmp / "action")
+    workflow = tmp / "deploy.yml"
+    workflow.write_text(
+        textwrap.dedent(f"""\
+        name: deploy
+        on: push
+        jobs:
+          publish:
+            runs-on: ubuntu-latest
+            steps:
+              - uses: {CHECKOUT}
+              - id: publish
+                uses: owner/lambda-image-publish@v1
+                with:
+                  env: preprod
+                  region: {REGION}
+                  config: lambdas.yml
+                  repository: "{repository}"
+                  registry: {registry.host}
+        """)
+    )
+    aws = {
+        "AWS_ENDPOINT_URL": moto,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    seconds: list[float] = []
+    for run in range(runs):
+        ws.commit_files({"README.md": f"act run {run}\n"}, f"act run {run}")
+        empty_engine(client, PREFIX)
+        fresh_page_cache()
+        cache = tmp / f"act-{run}"
+        done = run_act(workflow, ws.path, action, env=aws, cache=cache)
+        if done.code != 0 or done.log.count("build skipped") < len(NAMES):
+            raise SystemExit(done.log[-6000:])
+        seconds.append(done.step_seconds("publish", WHOLE))
+        _say(f"unchanged rerun of six under act, fresh runner, run {run + 1}: {seconds[-1]:.2f} s")
+        shutil.rmtree(cache, ignore_errors=True)
+    return seconds
+
+
 def render(times: dict[str, list[float]], runs: int, took: float) -> str:
     med = statistics.median
-    release, singles, rerun = (med(times[k]) for k in ("release", "singles", "rerun"))
+    release, singles, rerun, act = (med(times[k]) for k in ("release", "singles", "rerun", "act"))
 
     def samples(key: str) -> str:
         return ", ".join(f"{t:.2f}" for t in times[key])
 
-    goal = rerun <= 3.0
+    goal = act <= 3.0
     return "\n".join(
         [
             f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with "
@@ -170,11 +230,13 @@ def render(times: dict[str, list[float]], runs: int, took: float) -> str:
             f"| first publish of six, six single-image steps in a row | {singles:.1f} "
             f"| {samples('singles')} |",
             f"| unchanged rerun of six, one step, emptied engine | {rerun:.2f} | {samples('rerun')} |",
+            f"| the same, whole `uses:` step under act on a fresh runner (set-up included) | {act:.2f} "
+            f"| {samples('act')} |",
             "",
             "| goal | result | measured |",
             "|---|---|---|",
-            f"| unchanged rerun of six images, whole run: ≤ 3 s | **{'PASS' if goal else 'MISS'}** "
-            f"| {rerun:.2f} s |",
+            f"| unchanged rerun of six images, whole run (fresh runner, set-up included): ≤ 3 s "
+            f"| **{'PASS' if goal else 'MISS'}** | {act:.2f} s |",
             f"| first publish, one step against six steps | | {singles / release:.2f}x faster |",
             "",
         ]
