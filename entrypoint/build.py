@@ -70,6 +70,9 @@ def build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> build
         with contextlib.ExitStack() as stack:
             if target is not None and plan.registry:
                 # BuildKit reads and writes registry cache with the CLI's credentials.
+                if env.get("DOCKER_TLS_VERIFY") and not env.get("DOCKER_CERT_PATH"):
+                    # The CLI looks for a TLS engine's certificates in DOCKER_CONFIG by default.
+                    env["DOCKER_CERT_PATH"] = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
                 env["DOCKER_CONFIG"] = stack.enter_context(
                     buildkit.registry_credentials(
                         plan.registry, target.login.username, target.login.password, os.environ

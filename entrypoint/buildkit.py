@@ -41,6 +41,7 @@ class Builder:
     version: str
     driver: str = "docker"  # buildx driver; the engine's own BuildKit for plain docker build
     name: str | None = None  # a buildx builder chosen by name rather than the current one
+    chosen: bool = False  # named by the workflow: used as it is, never replaced or changed
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
 
 
-def detect_builder() -> Builder:
+def detect_builder(name: str | None = None) -> Builder:
+    """The builder the CLI offers: buildx's current one, plain BuildKit `docker build` on
+    Docker < 23, or the buildx builder `name`, used as it is."""
     cli = shutil.which("docker")
     if not cli:
         raise EngineError(
@@ -81,13 +84,27 @@ def detect_builder() -> Builder:
     try:
         buildx = _run([cli, "buildx", "version"])
         if buildx.returncode == 0:
-            inspect = _run([cli, "buildx", "inspect"])
-            match = re.search(r"^Driver:\s*(\S+)", inspect.stdout, re.MULTILINE)
-            return Builder("buildx", cli, buildx.stdout.strip(), match.group(1) if match else "docker")
+            inspect = _run([cli, "buildx", "inspect", *([name] if name else [])])
+            if name and inspect.returncode != 0:
+                raise EngineError(
+                    f"the buildx builder '{name}' (input 'builder') does not exist here: "
+                    f"{(inspect.stderr or inspect.stdout).strip()[:200]}",
+                    "create it before this step (docker/setup-buildx-action with name:, or docker "
+                    "buildx create --name ...), or leave 'builder' empty for the current builder",
+                )
+            driver = builder_settings(inspect.stdout).driver or "docker"
+            return Builder("buildx", cli, buildx.stdout.strip(), driver, name, chosen=name is not None)
         client = _run([cli, "version", "--format", "{{.Client.Version}}"])
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EngineError(f"the docker CLI at {cli} does not run: {exc}", "reinstall Docker") from exc
     version = client.stdout.strip()
+    if name:
+        raise EngineError(
+            f"input 'builder' names the buildx builder '{name}', and this runner's docker CLI "
+            f"({version or 'unknown version'}) has no buildx plugin",
+            "install buildx (docker/setup-buildx-action, or the docker-buildx package), or leave "
+            "'builder' empty to build with the engine's own BuildKit",
+        )
     major = re.match(r"(\d+)", version)
     if major and int(major.group(1)) < _LEGACY_BUILDKIT_CLI_MAJOR:
         return Builder("docker-build", cli, version)

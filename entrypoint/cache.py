@@ -98,6 +98,14 @@ def check_supported(mode: CacheMode, builder: Builder) -> CacheSupport:
         )
     # The version gate first: a new builder made by the same old buildx would not help.
     note = _version_gate(mode, builder)
+    if builder.driver == "docker" and builder.chosen:
+        raise EngineError(
+            f"cache mode '{mode}' needs a builder that exports cache, and the builder "
+            f"'{builder.name}' (input 'builder') has the docker driver, which exports only the "
+            "inline cache; the action does not change or replace a builder it was given",
+            "name a docker-container, remote or cloud builder in 'builder', or set 'cache' to "
+            "registry-inline",
+        )
     if builder.driver == "docker":
         # Conservative: the docker driver can export these only with the engine's containerd
         # image store, which `Builder` does not tell us about.

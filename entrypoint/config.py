@@ -47,7 +47,7 @@ IMAGE_KEYS = (
     "secrets",
 )
 # Inputs that hold for the whole run: one login, one registry, one cache mode, one decision.
-RUN_KEYS = ("env", "region", "registry", "push", "cache", "cache-dir", "force-build", "parallel")
+RUN_KEYS = ("env", "region", "registry", "push", "cache", "cache-dir", "force-build", "parallel", "builder")
 # Keys whose mapping merges over the input's (an image adds to or overrides single entries).
 MERGED_KEYS = ("build-args", "secrets")
 

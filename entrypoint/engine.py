@@ -2,20 +2,29 @@
 
 Builds go through the docker CLI (`buildkit`), because docker-py cannot drive BuildKit;
 everything else the engine does for us is here.
+
+The engine is found as the docker CLI finds it (`Endpoint`): `DOCKER_HOST` (a socket,
+`tcp://` with `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`, or `ssh://` through the runner's ssh),
+else the Docker context `DOCKER_CONTEXT` or the config's current context names. A remote
+engine runs the smoke boot on its own host, so its published port is reached there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import docker
 import requests
 import urllib3
+from docker.context import ContextAPI
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from entrypoint import cancel, github
@@ -23,9 +32,10 @@ from entrypoint.errors import EngineError, PushRejectedError, RegistryError, pus
 from entrypoint.imagefacts import ImageFacts, env_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from docker import DockerClient
+    from docker.tls import TLSConfig
 
     from entrypoint.ecr import RegistryLogin
 
@@ -84,9 +94,63 @@ class Container:
         return None
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the engine is, and how docker-py reaches it (TLS settings included)."""
+
+    url: str
+    source: str  # what chose it: DOCKER_HOST, a context, or the default socket
+    tls: TLSConfig | None = None
+
+    @property
+    def remote(self) -> bool:
+        return not self.url.startswith(("unix://", "npipe://"))
+
+    @property
+    def host(self) -> str:
+        """The host a port the engine publishes is reached on."""
+        return (urlsplit(self.url).hostname or "127.0.0.1") if self.remote else "127.0.0.1"
+
+    def describe(self) -> str:
+        how = ", TLS" if self.tls is not None else ""
+        return f"{self.url} ({self.source}{how}{', remote' if self.remote else ''})"
+
+    def client(self, timeout: float) -> docker.DockerClient:
+        # ssh:// through the runner's own ssh (its config, keys and known hosts).
+        return docker.DockerClient(
+            base_url=self.url, tls=self.tls or False, timeout=timeout, use_ssh_client=True
+        )
+
+
+def find_endpoint(environ: Mapping[str, str]) -> Endpoint:
+    """The engine the docker CLI would use, by the CLI's own order of settings."""
+    if environ.get("DOCKER_HOST"):
+        # docker-py reads the TLS settings as the CLI does; the URL is kept as it was given.
+        settings = docker.utils.kwargs_from_env(environment=dict(environ))
+        return Endpoint(environ["DOCKER_HOST"], "DOCKER_HOST", settings.get("tls") or None)
+    name = environ.get("DOCKER_CONTEXT") or _current_context(environ)
+    if name and name != "default":
+        context = ContextAPI.get_context(name)
+        if context is None:
+            raise EngineError(
+                f"the Docker context '{name}' does not exist",
+                "create it (docker context create) before this step, or unset DOCKER_CONTEXT",
+            )
+        return Endpoint(str(context.Host), f"context {name}", context.TLSConfig or None)
+    return Endpoint("unix:///var/run/docker.sock", "default socket")
+
+
+def _current_context(environ: Mapping[str, str]) -> str:
+    config = Path(environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return str(json.loads(config.read_text()).get("currentContext") or "")
+    return ""
+
+
 class Engine:
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, endpoint: Endpoint | None = None) -> None:
         self.client = client
+        self.endpoint = endpoint or Endpoint("unix:///var/run/docker.sock", "default socket")
 
     def create_container(self, image: str, **settings: Any) -> Container:
         """A created (not started) container of `image`; `settings` as docker-py's."""
@@ -98,18 +162,24 @@ class Engine:
             raise ContainerError(str(exc.explanation or exc)) from exc
 
     @classmethod
-    def connect(cls) -> Engine:
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    def connect(cls, environ: Mapping[str, str] | None = None) -> Engine:
         try:
-            client = docker.from_env(timeout=120)
+            endpoint = find_endpoint(os.environ if environ is None else environ)
+        except (DockerException, OSError, KeyError) as exc:
+            raise EngineError(
+                f"cannot read the Docker engine's settings: {_first_line(exc)}",
+                "check DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH and DOCKER_CONTEXT",
+            ) from exc
+        try:
+            client = endpoint.client(timeout=120)
             client.ping()
         except DockerException as exc:
             raise EngineError(
-                f"the Docker engine at {where} is not reachable: {_first_line(exc)}",
+                f"the Docker engine at {endpoint.describe()} is not reachable: {_first_line(exc)}",
                 "start the Docker daemon (GitHub-hosted Ubuntu runners have one), or point "
-                "DOCKER_HOST at a running engine",
+                "DOCKER_HOST (with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH for TLS) at a running engine",
             ) from exc
-        return cls(client)
+        return cls(client, endpoint)
 
     @property
     def architecture(self) -> str:
@@ -121,6 +191,8 @@ class Engine:
         native = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
         if native.get(self.architecture) == arch:
             return True
+        if self.endpoint.remote:
+            return False  # this runner's binfmt entries say nothing of another host's kernel
         # binfmt_misc entries registered by qemu-user-static let the kernel run foreign binaries.
         qemu = {"amd64": "qemu-x86_64", "arm64": "qemu-aarch64"}[arch]
         return Path("/proc/sys/fs/binfmt_misc", qemu).exists()
@@ -235,7 +307,7 @@ class Engine:
         reference = f"{repository}:{tag}"
         # A client of its own whose read timeout is the stall limit: an engine that sends
         # nothing at all for that long is stuck, whatever the layer.
-        api = docker.from_env(timeout=PUSH_STALL_S).api
+        api = self.endpoint.client(timeout=PUSH_STALL_S).api
         # The push's streaming response, kept through a requests hook (the docker-py client
         # is a requests session) so that it can be closed: the engine cancels a push when
         # its caller hangs up, uploads in flight included.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from entrypoint import build, buildkit, cache, github, lambda_checks, layering, tags
+from entrypoint import build, buildkit, cache, cancel, github, lambda_checks, layering, tags
 from entrypoint.engine import Engine, resolve_with_engine
 from entrypoint.errors import InputError, PushRejectedError
 from entrypoint.fingerprint import Fingerprint, compute_fingerprint, included_paths_under
@@ -130,6 +130,7 @@ def produce(
             tags.put(target.place, plan.commit_tag, job.manifest)
         return
     with build_slot:
+        cancel.raise_if_requested()  # a cancel while this image waited for its turn
         built = build.build(plan, target, builders())
     job.image_id = built.image_id
     build.check(plan, engine, built.image_id)
@@ -171,9 +172,11 @@ def verify(job: Job) -> None:
         _advance_anchor(plan, target, manifest)
 
 
-def probe_engine(mode: cache.CacheMode) -> tuple[Engine, buildkit.Builder, cache.CacheSupport]:
+def probe_engine(
+    mode: cache.CacheMode, builder_name: str | None = None
+) -> tuple[Engine, buildkit.Builder, cache.CacheSupport]:
     engine = Engine.connect()
-    builder = buildkit.detect_builder()
+    builder = buildkit.detect_builder(builder_name)
     return engine, builder, cache.check_supported(mode, builder)
 
 

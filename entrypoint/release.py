@@ -131,7 +131,7 @@ def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> Relea
     # trips): neither has side effects, and a fault in either is reported all the same.
     session: Session | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-probe") as pool:
-        probing = pool.submit(publish.probe_engine, first.cache)
+        probing = pool.submit(publish.probe_engine, first.cache, first.builder)
         if first.push:
             with github.stage("log in to Amazon ECR"):
                 session = publish.log_in(first)
@@ -139,7 +139,9 @@ def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> Relea
                     publish.connect(jobs[0], session)
         with github.stage("check the Docker engine"):
             engine, builder, support = probing.result()
-            github.info(f"  builder: {builder.kind} ({builder.version}), driver {builder.driver}")
+            github.info(f"  engine: {engine.endpoint.describe()}, {engine.architecture}")
+            named = f" '{builder.name}' (input 'builder', used as it is)" if builder.chosen else ""
+            github.info(f"  builder{named}: {builder.kind} ({builder.version}), driver {builder.driver}")
             if support.note:
                 github.info(f"  cache: {support.note}")
 
@@ -170,7 +172,11 @@ def _plan(jobs: list[Job], release: ReleaseInputs, environ: Mapping[str, str]) -
     for line in plan.describe()[:2]:  # environment and region hold for every image
         github.info(f"  {line}")
     github.info(f"  commit      : {plan.commit}")
-    github.info(f"  tags        : {', '.join(plan.tags[:1] + plan.moving_tags)} of each image")
+    extra = " and its own extra tags" if any(job.plan.inputs.extra_tags for job in jobs) else ""
+    github.info(
+        f"  tags        : {plan.commit_tag}, {plan.inputs.env}, latest{extra} for each image (environment "
+        "tags move only once every image is pushed)"
+    )
     for job in jobs:
         inputs = job.plan.inputs
         github.info(

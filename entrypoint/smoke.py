@@ -137,9 +137,10 @@ def smoke_boot(
         container = engine.create_container(
             image,
             environment=environment,
-            # Also published (to the runner's loopback only), for images without an HTTP
-            # client to probe from inside and for the Runtime Interface Emulator.
-            ports={f"{spec.port}/tcp": ("127.0.0.1", None)},
+            # Also published, for images without an HTTP client to probe from inside and for
+            # the Runtime Interface Emulator: on the runner's loopback only, or, when the
+            # engine is on another host, on that host's interfaces, where the runner reaches it.
+            ports={f"{spec.port}/tcp": ("0.0.0.0" if engine.endpoint.remote else "127.0.0.1", None)},  # noqa: S104
             labels={"lambda-image-publish.purpose": "smoke-boot"},
             mem_limit=f"{memory_mb}m",
             memswap_limit=f"{memory_mb}m",
@@ -151,7 +152,7 @@ def smoke_boot(
             "check the image's ENTRYPOINT and CMD",
         ) from exc
     try:
-        return _probe(container, image, spec, timeout_s, memory_mb)
+        return _probe(container, image, spec, (timeout_s, memory_mb), engine.endpoint.host)
     finally:
         problem = container.remove()
         if problem:
@@ -159,8 +160,9 @@ def smoke_boot(
 
 
 def _probe(
-    container: Container, image: str, spec: SmokeSpec, timeout_s: float, memory_mb: int
+    container: Container, image: str, spec: SmokeSpec, limits: tuple[float, int], host: str
 ) -> SmokeResult:
+    timeout_s, memory_mb = limits
     started = time.monotonic()
     try:
         container.start()
@@ -193,12 +195,12 @@ def _probe(
             if outcome is None:
                 github.info(
                     "  smoke boot: the image has no curl, wget, python or node to probe from inside; "
-                    "probing through a port published on 127.0.0.1, which only reaches a server "
+                    f"probing through a port published on {host}, which only reaches a server "
                     "bound to all interfaces"
                 )
                 inside = None
         if outcome is None and inside is None:
-            url = url or _url(container, spec)
+            url = url or _url(container, spec, host)
             if url:
                 outcome = _attempt(url, spec, min(remaining, 2.0) if spec.kind == "http" else remaining)
         if isinstance(outcome, SmokeResult):
@@ -316,18 +318,18 @@ def _classify(spec: SmokeSpec, text: str) -> SmokeResult | tuple[str, bool]:
     return f"{spec.describe()} answered HTTP {status}{where}", final
 
 
-def _url(container: Container, spec: SmokeSpec) -> str:
+def _url(container: Container, spec: SmokeSpec, host: str) -> str:
     port = container.host_port(spec.port)
     if not port:
         return ""
-    return f"http://127.0.0.1:{port}{spec.path if spec.kind == 'http' else RIE_PATH}"
+    return f"http://{host}:{port}{spec.path if spec.kind == 'http' else RIE_PATH}"
 
 
 def _attempt(url: str, spec: SmokeSpec, timeout: float) -> SmokeResult | tuple[str, bool]:
     """A result, or (what happened, whether trying again is pointless)."""
     try:
         if spec.kind == "http":
-            # No redirects: the image must answer itself, and only 127.0.0.1 is asked.
+            # No redirects: the image must answer itself, and only the engine's host is asked.
             response = requests.get(url, timeout=timeout, allow_redirects=False)
         else:
             response = requests.post(url, data=spec.event.encode(), timeout=timeout)

@@ -7,6 +7,7 @@ its `remote` package over `transport`.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -86,6 +87,12 @@ class Transport:
         self._budget_s = budget_s
         self._sleep = sleep
         self._session = requests.Session()
+        # requests reads REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE itself; OpenSSL's SSL_CERT_FILE,
+        # which private registries and TLS proxies are often set up with, it does not.
+        if os.environ.get("SSL_CERT_FILE") and not (
+            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        ):
+            self._session.verify = os.environ["SSL_CERT_FILE"]
 
     def request(
         self, method: str, path: str, what: str, *, once: bool = False, **kwargs: Any
@@ -142,6 +149,15 @@ class Transport:
                 allow_redirects=method == "GET" and "/blobs/" in path,
                 **kwargs,
             )
+        except requests.exceptions.SSLError as exc:
+            if not _untrusted(exc):
+                raise _Temporary(short_error(exc)) from exc
+            # Not temporary: a certificate this runner does not trust stays untrusted.
+            raise RegistryError(
+                f"registry {self.host}'s TLS certificate is not trusted here: {short_error(exc)}",
+                "if the registry (or a proxy in front of it) uses a private CA, set SSL_CERT_FILE "
+                "or REQUESTS_CA_BUNDLE in the step's env to a bundle holding that CA",
+            ) from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _Temporary(short_error(exc)) from exc
         if response.status_code == 429 or response.status_code >= 500:
@@ -220,9 +236,15 @@ def _scope(path: str) -> str:
     return re.split(r"/(?:manifests|blobs)/", path, maxsplit=1)[0]
 
 
+def _untrusted(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "certificate verify failed" in text or "hostname mismatch" in text
+
+
 def short_error(exc: Exception) -> str:
     text = str(exc)
     for marker in (
+        "certificate verify failed",
         "Connection refused",
         "timed out",
         "Name or service not known",

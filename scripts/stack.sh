@@ -20,7 +20,9 @@ DOCKERD_PIDFILE="$STACK/dockerd.pid"
 DOCKERD_LOG="$STACK/dockerd.log"
 
 # Debian packages the stack needs; each maps to a command checked first.
-APT_PACKAGES=(docker.io docker-registry debootstrap busybox-static apache2-utils git ca-certificates)
+# iproute2, openssl and util-linux (nsenter): the remote-engine tests make a second host in a
+# network namespace, with certificates of their own.
+APT_PACKAGES=(docker.io docker-registry debootstrap busybox-static apache2-utils git ca-certificates iproute2 openssl util-linux)
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 die() { printf 'stack: ERROR: %s\n' "$*" >&2; exit 1; }

@@ -339,3 +339,34 @@ def test_plain_docker_build_inline_cache_argv_works(
         finally:
             for ref in dict.fromkeys(made):
                 docker_client.api.remove_image(ref, force=True)
+
+
+# ------------------------------------------------------------- a builder named by the workflow
+
+NAMED_REMOTE = Builder("buildx", "/usr/bin/docker", BUILDX_VERSION, "remote", "far-buildkit", chosen=True)
+NAMED_DOCKER = Builder("buildx", "/usr/bin/docker", BUILDX_VERSION, "docker", "ctx", chosen=True)
+
+
+def test_a_named_builder_is_used_as_it_is_and_loads_its_result() -> None:
+    argv = build_command(NAMED_REMOTE, REQUEST)
+    assert argv[:6] == [
+        "/usr/bin/docker",
+        "buildx",
+        "build",
+        "--builder",
+        "far-buildkit",
+        "--provenance=false",
+    ]
+    # Loaded into the engine, where the checks, the smoke boot and the push find it.
+    assert "--load" in argv
+    support = check_supported("registry", NAMED_REMOTE)
+    assert not support.needs_container_builder
+
+
+@pytest.mark.parametrize("mode", ["registry", "local", "gha"])
+def test_a_named_docker_driver_builder_is_not_replaced_for_a_cache_export(mode: CacheMode) -> None:
+    with pytest.raises(EngineError) as caught:
+        check_supported(mode, NAMED_DOCKER)
+    assert "the builder 'ctx' (input 'builder') has the docker driver" in caught.value.line()
+    assert "does not change or replace a builder it was given" in caught.value.line()
+    assert check_supported("registry-inline", NAMED_DOCKER).needs_container_builder is False

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import signal
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.run import publish as publish_in
+from tests.support.run import read_until, start_publish
 from tests.test_republish import SKIPPED, empty_engine
 from tests.test_verify import change, function, verify, write_plan
 
@@ -267,3 +270,50 @@ def test_the_gate_passes_a_plan_of_the_releases_functions_and_stops_a_stale_one(
     assert error.startswith(f"::error::1 of {len(NAMES)} image(s) must not be deployed: ")
     assert "module.billing.aws_lambda_function.this" in error
     assert "module.orders" not in error
+
+
+def test_a_release_cancelled_while_its_images_build_stops_them_all_and_moves_nothing(
+    services: Workspace,
+    registry: Registry,
+    prefix: str,
+    docker_client: DockerClient,
+    aws_env: dict[str, str],
+    tmp_path: Path,
+    busybox_base: str,
+) -> None:
+    first = release(services, registry, prefix, tmp_path)
+    assert first.code == 0, first.log
+    env_before = digests(registry, prefix, "preprod")
+    # Every image now builds for a long time: the cancel lands while two of them build.
+    slow = {
+        f"services/{name}/Dockerfile": service_dockerfile(busybox_base, name) + "RUN sleep 120\n"
+        for name in NAMES
+    }
+    services.commit_files(slow, "slow builds")
+    temp = tmp_path / "cancelled"
+    temp.mkdir()
+    process = start_publish(
+        services.path, registry.host, temp,
+        "--config", "lambdas.yml", "--dockerfile", "", "--repository", f"{prefix}-{{env}}-{{name}}",
+        env=aws_env,
+    )  # fmt: skip
+    try:
+        read_until(process, "] ▶ build")
+        time.sleep(3)  # the first two builds are in their RUN sleep; four wait for a slot
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        rest, _ = process.communicate(timeout=90)
+        took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, rest
+    assert "cancelled by SIGTERM" in rest
+    # Both running builds were told to stop: the run ends long before a sleep 120 would.
+    assert took < 30, took
+    assert digests(registry, prefix, "preprod") == env_before
+    assert all(digest is None for digest in digests(registry, prefix, services.head).values())
+    # No build is left running in the engine, and no temporary Docker config stays behind.
+    running = docker_client.api.containers(filters={"label": "lambda-image-publish.purpose"})
+    assert running == []
+    assert not list(temp.glob("lambda-publish-*"))

@@ -59,6 +59,7 @@ PUBLISH_INPUTS = (
     "secrets",
     "config",
     "parallel",
+    "builder",
 )
 
 
@@ -84,6 +85,8 @@ class PublishInputs:
     invoke_mode: str | None = None
     # (BuildKit secret id, environment variable of the step that holds its value)
     secrets: tuple[tuple[str, str], ...] = ()
+    # An existing buildx builder, used as it is (remote BuildKit, cloud builders).
+    builder: str | None = None
 
     @property
     def secret_like_build_args(self) -> tuple[str, ...]:
@@ -170,7 +173,22 @@ def parse_publish(raw: Mapping[str, str], workspace: Path, runner_temp: Path | N
         smoke_memory=int(memory_value),
         invoke_mode=parse_invoke_mode(raw.get("invoke-mode", "")),
         secrets=_secrets(raw.get("secrets", "")),
+        builder=parse_builder(raw),
     )
+
+
+BUILDER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def parse_builder(raw: Mapping[str, str]) -> str | None:
+    name = raw.get("builder", "").strip()
+    if name and not BUILDER_RE.fullmatch(name):
+        raise InputError(
+            f"input 'builder' is '{name[:80]}', not a buildx builder name",
+            "give the name `docker buildx ls` lists (letters, digits, '_', '.', '-'), or leave it "
+            "empty for the current builder",
+        )
+    return name or None
 
 
 def _build_args(value: str) -> tuple[tuple[str, str], ...]:

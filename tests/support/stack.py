@@ -148,10 +148,10 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -
         proc.wait(timeout=timeout)
 
 
-def _http_ready(url: str, statuses: tuple[int, ...]) -> Callable[[], bool]:
+def _http_ready(url: str, statuses: tuple[int, ...], verify: str | bool = True) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            return requests.get(url, timeout=2).status_code in statuses
+            return requests.get(url, timeout=2, verify=verify).status_code in statuses
         except requests.RequestException:
             return False
 
@@ -200,7 +200,11 @@ class Registry:
         port: int | None = None,
         storage: Path | None = None,
         binary: str = "docker-registry",
+        address: str = "127.0.0.1",
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
+        """`address`: the address to listen on; `tls`: (certificate, key, CA that signed it)
+        to serve HTTPS, as a registry on another host must for the engine to use it."""
         if (user is None) != (password is None):
             raise ValueError("give both user and password, or neither")
         self.user = user
@@ -208,6 +212,8 @@ class Registry:
         self.readonly = readonly
         self.port = port or free_port()
         self.binary = binary
+        self.address = address
+        self.tls = tls
         self._own_storage = storage is None
         self._storage = storage
         self._tmp: Path | None = None
@@ -215,16 +221,18 @@ class Registry:
         self.session = requests.Session()
         if user is not None and password is not None:
             self.session.auth = (user, password)
+        if tls is not None:
+            self.session.verify = str(tls[2])
 
     # -- lifecycle
     @property
     def host(self) -> str:
         """``127.0.0.1:PORT``, the registry part of an image reference."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def storage(self) -> Path:
@@ -256,6 +264,8 @@ class Registry:
             "storage": storage,
             "http": {"addr": self.host, "secret": secrets.token_hex(16)},
         }
+        if self.tls is not None:
+            config["http"]["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
         if htpasswd is not None:
             config["auth"] = {"htpasswd": {"realm": "basic-realm", "path": str(htpasswd)}}
         return config
@@ -283,7 +293,7 @@ class Registry:
             self._proc = _launch(
                 [binary, "serve", str(config_path)],
                 self.log_path,
-                _http_ready(f"{self.url}/v2/", (200, 401)),
+                _http_ready(f"{self.url}/v2/", (200, 401), str(self.tls[2]) if self.tls else True),
                 f"registry on {self.host}",
             )
         except BaseException:
