@@ -1,9 +1,9 @@
 """`python -m bench.many [--runs N]`: six functions from one config file.
 
 A repository of six services, each a Python image built on the locally made Debian base: a
-dependency layer (a venv, and the standard library byte-compiled into it, about 25 MB of
-files and a few seconds of CPU, without network, so that the figures do not depend on a
-package index) and a code layer. Every sample starts on an emptied engine (our images
+dependency layer (a venv, and five standard-library packages copied into it and byte-compiled
+at three optimisation levels: a few seconds of CPU, without network, so that the figures do
+not depend on a package index) and a code layer. Every sample starts on an emptied engine (our images
 removed, all build cache pruned): what a fresh runner has.
 
 - **first publish, one step**: `python -m entrypoint publish --config lambdas.yml` into six

@@ -117,9 +117,29 @@ class Endpoint:
 
     def client(self, timeout: float) -> docker.DockerClient:
         # ssh:// through the runner's own ssh (its config, keys and known hosts).
-        return docker.DockerClient(
-            base_url=self.url, tls=self.tls or False, timeout=timeout, use_ssh_client=True
-        )
+        settings: dict[str, Any] = {
+            "base_url": self.url, "tls": self.tls or False, "timeout": timeout, "use_ssh_client": True,
+        }  # fmt: skip
+        if self.tls is None or not self.tls.ca_cert:
+            return docker.DockerClient(**settings)
+        # requests lets REQUESTS_CA_BUNDLE (which many runners set, for their proxy) replace
+        # the engine's own CA from DOCKER_CERT_PATH, so the environment is kept out; docker-py
+        # would ask the engine for its API version before that could be said.
+        if self.url not in _API_VERSIONS:
+            probe = docker.DockerClient(version=_MIN_API_VERSION, **settings)
+            probe.api.trust_env = False
+            try:
+                _API_VERSIONS[self.url] = str(probe.version()["ApiVersion"])
+            finally:
+                probe.close()
+        client = docker.DockerClient(version=_API_VERSIONS[self.url], **settings)
+        client.api.trust_env = False
+        return client
+
+
+# docker-py's oldest API version; every engine answers /version at it.
+_MIN_API_VERSION = "1.24"
+_API_VERSIONS: dict[str, str] = {}
 
 
 def find_endpoint(environ: Mapping[str, str]) -> Endpoint:

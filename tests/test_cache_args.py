@@ -344,7 +344,7 @@ def test_plain_docker_build_inline_cache_argv_works(
 # ------------------------------------------------------------- a builder named by the workflow
 
 NAMED_REMOTE = Builder("buildx", "/usr/bin/docker", BUILDX_VERSION, "remote", "far-buildkit", chosen=True)
-NAMED_DOCKER = Builder("buildx", "/usr/bin/docker", BUILDX_VERSION, "docker", "ctx", chosen=True)
+NAMED_DOCKER = replace(BUILDX_0_21_DOCKER, name="ctx", chosen=True)
 
 
 def test_a_named_builder_is_used_as_it_is_and_loads_its_result() -> None:

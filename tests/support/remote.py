@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import docker
 import docker.errors
 import docker.tls
+import requests
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -107,7 +108,11 @@ class RemoteHost:
             ca_cert=str(self.client_certs / "ca.pem"),
             verify=True,
         )
-        return docker.DockerClient(base_url=self.docker_host, tls=tls, timeout=timeout)
+        # A fixed API version (every engine since Docker 20.10 speaks it): docker-py would ask
+        # for the engine's before REQUESTS_CA_BUNDLE (which replaces the test CA) is turned off.
+        client = docker.DockerClient(base_url=self.docker_host, tls=tls, timeout=timeout, version="1.41")
+        client.api.trust_env = False
+        return client
 
     def log(self) -> str:
         path = self.root / "dockerd.log"
@@ -176,7 +181,7 @@ def _start_engine(host: RemoteHost, cert: Path, key: Path) -> subprocess.Popen[b
     )  # fmt: skip
     deadline = time.monotonic() + 90
     while True:
-        with contextlib.suppress(docker.errors.DockerException):
+        with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
             host.client(timeout=5).ping()
             return process
         if process.poll() is not None or time.monotonic() > deadline:

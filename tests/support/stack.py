@@ -151,7 +151,9 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -
 def _http_ready(url: str, statuses: tuple[int, ...], verify: str | bool = True) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            return requests.get(url, timeout=2, verify=verify).status_code in statuses
+            with requests.Session() as session:
+                session.trust_env = verify is True  # a CA of its own must not be replaced
+                return session.get(url, timeout=2, verify=verify).status_code in statuses
         except requests.RequestException:
             return False
 
@@ -223,6 +225,7 @@ class Registry:
             self.session.auth = (user, password)
         if tls is not None:
             self.session.verify = str(tls[2])
+            self.session.trust_env = False  # REQUESTS_CA_BUNDLE would replace the test CA
 
     # -- lifecycle
     @property
