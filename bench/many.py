@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,7 +44,7 @@ from bench.engine import empty_engine, fresh_page_cache
 from bench.report import write_block
 from bench.run import _subprocess_env
 from bench.setup import WHOLE
-from tests.support.act import CHECKOUT, action_checkout, run_act
+from tests.support.act import action_checkout, publish_workflow, run_act
 from tests.support.stack import ECR_PASSWORD, ECR_USER, REPO_ROOT, MotoServer, Registry, ensure_python_base
 from tests.support.workspace import Workspace
 
@@ -169,24 +168,11 @@ def under_act(
     action = action_checkout(tmp / "action")
     workflow = tmp / "deploy.yml"
     workflow.write_text(
-        textwrap.dedent(f"""\
-        name: deploy
-        on: push
-        jobs:
-          publish:
-            runs-on: ubuntu-latest
-            steps:
-              - uses: {CHECKOUT}
-              - id: publish
-                uses: owner/lambda-image-publish@v1
-                with:
-                  env: preprod
-                  region: {REGION}
-                  config: lambdas.yml
-                  repository: "{repository}"
-                  registry: {registry.host}
-        """)
-    )
+        publish_workflow(
+            {"env": "preprod", "region": REGION, "config": "lambdas.yml",
+             "repository": f'"{repository}"', "registry": registry.host}
+        )
+    )  # fmt: skip
     aws = {
         "AWS_ENDPOINT_URL": moto,
         "AWS_ACCESS_KEY_ID": "bench",

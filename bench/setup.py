@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +40,7 @@ import docker
 from bench.cases import example_workspace
 from bench.engine import fresh_page_cache
 from bench.report import write_block
-from tests.support.act import CHECKOUT, action_checkout, run_act
+from tests.support.act import action_checkout, publish_workflow, run_act
 from tests.support.stack import (
     ECR_PASSWORD,
     ECR_USER,
@@ -146,27 +145,11 @@ def whole_action(tmp: Path, action: Path, runs: int) -> dict[str, list[float]]:
         workspace = example_workspace(tmp / "consumer")
         workflow = tmp / "deploy.yml"
         workflow.write_text(
-            textwrap.dedent(f"""\
-            name: deploy
-            on: push
-            jobs:
-              publish:
-                runs-on: ubuntu-latest
-                steps:
-                  - uses: {CHECKOUT}
-                  - id: publish
-                    uses: owner/lambda-image-publish@v1
-                    with:
-                      env: preprod
-                      region: {REGION}
-                      dockerfile: Dockerfile
-                      repository: bench-sse
-                      registry: {registry.host}
-                      build-args: |
-                        BASE_IMAGE={base}
-                        ADAPTER_IMAGE={adapter}
-            """)
-        )
+            publish_workflow(
+                {"env": "preprod", "region": REGION, "dockerfile": "Dockerfile", "repository": "bench-sse",
+                 "registry": registry.host, "build-args": f"BASE_IMAGE={base}\nADAPTER_IMAGE={adapter}"}
+            )
+        )  # fmt: skip
         first = run_act(workflow, workspace.path, action, env=aws, cache=tmp / "act-first")
         if first.code != 0:
             raise SystemExit(first.log)

@@ -156,3 +156,21 @@ def consumer(
     path = tmp_path / "workflow.yml"
     path.write_text(textwrap.dedent(workflow))
     return run_act(path, workspace.path, action_dir, env=env, cache=tmp_path / "act-cache")
+
+
+def publish_workflow(inputs: Mapping[str, str]) -> str:
+    """A consumer's deploy workflow: check out, then one publish step with `inputs` (values
+    with a newline become block scalars)."""
+    lines = []
+    for name, value in inputs.items():
+        if "\n" in value:
+            lines.append(f"          {name}: |")
+            lines += [f"            {line}" for line in value.splitlines()]
+        else:
+            lines.append(f"          {name}: {value}")
+    return (
+        "name: deploy\non: push\njobs:\n  publish:\n    runs-on: ubuntu-latest\n    steps:\n"
+        f"      - uses: {CHECKOUT}\n      - id: publish\n        uses: {ACTION}\n        with:\n"
+        + "\n".join(lines)
+        + "\n"
+    )
