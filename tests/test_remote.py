@@ -6,6 +6,7 @@ republish all run against the remote engine; nothing is built on the local one."
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import time
@@ -243,3 +244,28 @@ def test_a_named_builder_builds_on_the_engine_it_names(
         assert "lambda-image-publish" not in listed  # no builder of ours was made
     finally:
         subprocess.run(["docker", "context", "rm", "--force", context], capture_output=True, check=False)
+
+
+def test_an_ssh_engine_builds_boots_and_pushes(
+    site: Workspace,
+    remote: RemoteHost,
+    tls_registry: Registry,
+    ecr_repository: MakeRepository,
+    docker_client: DockerClient,
+    tmp_path: Path,
+) -> None:
+    """DOCKER_HOST=ssh://: the CLI and docker-py reach the engine through `ssh` (a stand-in
+    here, see RemoteHost.ssh_standin), and the smoke boot reaches the host the URL names."""
+    repo = ecr_repository()
+    path = f"{remote.ssh_standin(tmp_path / 'bin')}:{os.environ['PATH']}"
+    env = {"DOCKER_HOST": f"ssh://root@{remote.remote_ip}", "PATH": path} | trusting(remote)
+    run = publish_in(
+        site.path, tls_registry.host, tmp_path, "--smoke", "8080/index.html", repository=repo, env=env
+    )
+    assert run.code == 0, run.log
+    assert f"engine: ssh://root@{remote.remote_ip} (DOCKER_HOST, remote)" in run.log
+    assert f"probing through a port published on {remote.remote_ip}" in run.log
+    assert "answered HTTP 200" in run.log
+    assert tls_registry.manifest(repo, site.head)[0] == run.outputs["digest"]
+    assert images_named(remote.client(), repo) == [f"{repo}:{site.head}"]
+    assert images_named(docker_client, repo) == []

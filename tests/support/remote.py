@@ -95,6 +95,29 @@ class RemoteHost:
     def docker_host(self) -> str:
         return f"tcp://{self.remote_ip}:{ENGINE_PORT}"
 
+    @property
+    def socket(self) -> Path:
+        """The engine's socket on "its" host, for what sshd would run there (`ssh_standin`)."""
+        return self.root / "docker.sock"
+
+    def ssh_standin(self, folder: Path) -> Path:
+        """An `ssh` for PATH that does what sshd on the remote host would for the docker CLI
+        and docker-py (`ssh ... -- HOST docker system dial-stdio`): refuse any other host or
+        command, and run `docker system dial-stdio` against the engine there. The network
+        path to the engine is a unix socket then, not the veth; everything else about an
+        ssh:// engine (the CLI's and docker-py's ssh handling, the smoke boot reaching the
+        host named in DOCKER_HOST) is real."""
+        folder.mkdir(parents=True, exist_ok=True)
+        script = folder / "ssh"
+        script.write_text(
+            "#!/bin/sh\n"
+            f'case " $* " in *" {self.remote_ip} "*"docker system dial-stdio"*) ;; '
+            '*) echo "ssh stand-in: not the test host or not dial-stdio: $*" >&2; exit 255;; esac\n'
+            f"exec {shutil.which('docker') or '/usr/bin/docker'} -H unix://{self.socket} system dial-stdio\n"
+        )
+        script.chmod(0o755)
+        return folder
+
     def env(self) -> dict[str, str]:
         return {
             "DOCKER_HOST": self.docker_host,
@@ -174,8 +197,8 @@ def _start_engine(host: RemoteHost, cert: Path, key: Path) -> subprocess.Popen[b
         ["nsenter", f"--net=/var/run/netns/{host.namespace}", "dockerd",
          "--config-file", str(config), "--data-root", str(host.root / "data"),
          "--exec-root", str(host.root / "exec"), "--pidfile", str(host.root / "dockerd.pid"),
-         "--host", host.docker_host, "--tlsverify", "--tlscacert", str(host.pki.ca),
-         "--tlscert", str(cert), "--tlskey", str(key),
+         "--host", host.docker_host, "--host", f"unix://{host.socket}",
+         "--tlsverify", "--tlscacert", str(host.pki.ca), "--tlscert", str(cert), "--tlskey", str(key),
          "--containerd-namespace", host.namespace, "--containerd-plugins-namespace", f"{host.namespace}p"],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

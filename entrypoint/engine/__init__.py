@@ -1,0 +1,250 @@
+"""The Docker engine through docker-py, the only caller of it: is it there, what did the
+build produce, run a container, push it.
+
+Builds go through the docker CLI (`buildkit`), because docker-py cannot drive BuildKit;
+everything else the engine does for us is in this package: `endpoint` finds the engine as
+the docker CLI would (a remote one runs the smoke boot on its own host, so its published
+port is reached there), `push` pushes one tag under a watchdog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from entrypoint.engine import push
+from entrypoint.engine.endpoint import Endpoint, find_endpoint, first_line
+from entrypoint.errors import EngineError
+from entrypoint.imagefacts import ImageFacts, env_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    import docker
+    from docker import DockerClient
+
+    from entrypoint.ecr import RegistryLogin
+
+
+class ContainerError(Exception):
+    """The engine refused an operation on a container; the message is the engine's."""
+
+
+class Container:
+    """A container the action made (the smoke boot's), through the engine: start it, read
+    its state and log, run a command in it, find its published port, remove it."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+        self.short_id = str(container.short_id)
+
+    def start(self) -> None:
+        try:
+            self._container.start()
+        except APIError as exc:
+            raise ContainerError(str(exc.explanation or exc)) from exc
+
+    def state(self) -> dict[str, Any]:
+        """The engine's `State` (Status, ExitCode, OOMKilled, ...), as fresh as it can tell."""
+        with contextlib.suppress(APIError):
+            self._container.reload()
+        state: dict[str, Any] = self._container.attrs.get("State") or {}
+        return state
+
+    def exec(self, argv: list[str]) -> tuple[int, bytes]:
+        try:
+            code, output = self._container.exec_run(argv, demux=False)
+        except APIError as exc:
+            raise ContainerError(str(exc)) from exc
+        return int(code or 0), output or b""
+
+    def logs(self, tail: int) -> bytes:
+        try:
+            return bytes(self._container.logs(tail=tail))
+        except APIError:
+            return b""
+
+    def host_port(self, port: int) -> str | None:
+        """The runner's port published for `port`/tcp, if any."""
+        bindings = (self._container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{port}/tcp")
+        return str(bindings[0]["HostPort"]) if bindings else None
+
+    def remove(self) -> str | None:
+        """Remove it (running or not); the engine's words when it could not."""
+        try:
+            self._container.remove(force=True)
+        except NotFound:
+            return None
+        except APIError as exc:
+            return str(exc)
+        return None
+
+
+class Engine:
+    def __init__(self, client: docker.DockerClient, endpoint: Endpoint | None = None) -> None:
+        self.client = client
+        self.endpoint = endpoint or Endpoint("unix:///var/run/docker.sock", "default socket")
+
+    def create_container(self, image: str, **settings: Any) -> Container:
+        """A created (not started) container of `image`; `settings` as docker-py's."""
+        try:
+            return Container(self.client.containers.create(image, detach=True, **settings))
+        except ImageNotFound as exc:
+            raise EngineError(f"the engine has no image '{image}' to run", "build the image first") from exc
+        except APIError as exc:
+            raise ContainerError(str(exc.explanation or exc)) from exc
+
+    def push(self, repository: str, tag: str, login: RegistryLogin) -> str:
+        """Push one tag; the digest the registry stored (see `push.push`)."""
+        return push.push(self.endpoint, repository, tag, login)
+
+    @classmethod
+    def connect(cls, environ: Mapping[str, str] | None = None) -> Engine:
+        try:
+            endpoint = find_endpoint(os.environ if environ is None else environ)
+        except (DockerException, OSError, KeyError) as exc:
+            raise EngineError(
+                f"cannot read the Docker engine's settings: {first_line(exc)}",
+                "check DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH and DOCKER_CONTEXT",
+            ) from exc
+        try:
+            client = endpoint.client(timeout=120)
+            client.ping()
+        except DockerException as exc:
+            raise EngineError(
+                f"the Docker engine at {endpoint.describe()} is not reachable: {first_line(exc)}",
+                "start the Docker daemon (GitHub-hosted Ubuntu runners have one), or point "
+                "DOCKER_HOST (with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH for TLS) at a running engine",
+            ) from exc
+        return cls(client, endpoint)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.client.info().get("Architecture", ""))
+
+    def runs(self, platform: str) -> bool:
+        """Whether the engine can start images of `platform` natively (or with emulation)."""
+        arch = platform.split("/")[1]
+        native = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+        if native.get(self.architecture) == arch:
+            return True
+        if self.endpoint.remote:
+            return False  # this runner's binfmt entries say nothing of another host's kernel
+        # binfmt_misc entries registered by qemu-user-static let the kernel run foreign binaries.
+        qemu = {"amd64": "qemu-x86_64", "arm64": "qemu-aarch64"}[arch]
+        return Path("/proc/sys/fs/binfmt_misc", qemu).exists()
+
+    def facts(self, reference: str, adapter_path: str) -> ImageFacts:
+        """Facts of an image in the engine: its config, its uncompressed size, and whether it
+        holds the file at `adapter_path` (the Lambda Web Adapter)."""
+        try:
+            attrs: dict[str, Any] = self.client.api.inspect_image(reference)
+        except ImageNotFound as exc:
+            raise EngineError(
+                f"the engine has no image '{reference}' after the build",
+                "check that the build loads its result into the engine (--load)",
+            ) from exc
+        config = attrs.get("Config") or {}
+        return ImageFacts(
+            reference=reference,
+            media_type=None,
+            os=attrs.get("Os", ""),
+            architecture=attrs.get("Architecture", ""),
+            size=int(attrs.get("Size", 0)),
+            size_compressed=False,
+            entrypoint=tuple(config.get("Entrypoint") or ()),
+            cmd=tuple(config.get("Cmd") or ()),
+            env=env_of(config.get("Env") or ()),
+            has_web_adapter=self.has_file(str(attrs["Id"]), adapter_path),
+        )
+
+    def has_file(self, image_id: str, path: str) -> bool:
+        """Look for a file in the image's merged filesystem through a created, never started,
+        container: the engine resolves layers and whiteouts, and nothing in the image runs."""
+        try:
+            # The entrypoint only satisfies "no command specified" for images without one.
+            created = self.client.api.create_container(
+                image_id,
+                entrypoint=["/lambda-checks-never-started"],
+                network_disabled=True,
+                labels={"lambda-image-publish.purpose": "file-check"},
+            )
+        except APIError as exc:
+            raise EngineError(
+                f"the engine could not create a container from {image_id[:19]} to look for {path}: "
+                f"{exc.explanation or exc}",
+                "check the engine's disk space and log, then rerun",
+            ) from exc
+        container_id = str(created["Id"])
+        try:
+            # HEAD /containers/{id}/archive is the engine's stat; docker-py only offers it
+            # inside get_archive, which would also start streaming the file.
+            api = self.client.api
+            response = api.head(
+                f"{api.base_url}/v{api.api_version}/containers/{container_id}/archive",
+                params={"path": path},
+            )
+            if response.status_code == 404:
+                return False
+            if response.status_code != 200:
+                raise EngineError(
+                    f"the engine answered HTTP {response.status_code} when asked for {path} in "
+                    f"{image_id[:19]}",
+                    "check the engine's log, then rerun",
+                )
+            return True
+        finally:
+            with contextlib.suppress(NotFound):
+                self.client.api.remove_container(container_id, force=True)
+
+    def tag(self, source: str, repository: str, tag: str) -> None:
+        self.client.api.tag(source, repository, tag, force=True)
+
+    def untag(self, reference: str) -> None:
+        # Leaving a stray local tag behind is harmless; failing the publish for it is not.
+        with contextlib.suppress(APIError):
+            self.client.api.remove_image(reference, noprune=True)
+
+
+def resolve_with_engine(client: DockerClient) -> Callable[[str], str | None]:
+    """A resolver asking the Docker engine: the registry's manifest digest first, else the
+    local image ID. For the registry, the engine uses the credentials docker-py sends: those
+    of the docker CLI config (DOCKER_CONFIG) as it was when `client` was made.
+
+    The registry digest is what a fresh runner's build pulls. A builder with the `docker`
+    driver would use a local image of that name instead, without pulling; the digest still
+    moves when the registry's image does, which is the update worth rebuilding for.
+    """
+    known: dict[str, str | None] = {}
+
+    def resolve(ref: str) -> str | None:
+        if ref not in known:
+            known[ref] = _identity(client, ref)
+        return known[ref]
+
+    return resolve
+
+
+def _identity(client: DockerClient, ref: str) -> str | None:
+    # A digest-pinned reference is its own identity: no need to ask anyone.
+    pinned = re.search(r"@(sha256:[0-9a-f]{64})$", ref)
+    if pinned:
+        return pinned.group(1)
+    try:
+        found = client.api.inspect_distribution(ref)
+        digest = (found.get("Descriptor") or {}).get("digest")
+        if digest:
+            return str(digest)
+    except (DockerException, requests.RequestException):
+        pass  # no registry, no credentials, or no such image there: try the engine's own
+    try:
+        image_id = client.api.inspect_image(ref).get("Id")
+    except (DockerException, requests.RequestException):
+        return None
+    return str(image_id) if image_id else None

@@ -1,0 +1,187 @@
+"""Pushing one tag through the engine, watched: a push that stops moving is asked for again
+within a budget, and a cancel hangs up on the engine (which then cancels the push)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import requests
+import urllib3
+from docker.errors import APIError
+
+from entrypoint import cancel, github
+from entrypoint.engine.endpoint import first_line
+from entrypoint.errors import PushRejectedError, RegistryError, push_rejection_fix
+
+if TYPE_CHECKING:
+    from entrypoint.ecr import RegistryLogin
+    from entrypoint.engine.endpoint import Endpoint
+
+# A push with no progress for this long is stopped and tried again; the whole push, tries
+# included, ends within the budget, so its error line comes within 90 s of the fault.
+PUSH_STALL_S = 20.0
+PUSH_BUDGET_S = 75.0
+PUSH_TRIES = 3
+
+
+def _layer_done(status: str) -> bool:
+    return status in ("Pushed", "Layer already exists") or status.startswith("Mounted from")
+
+
+class _Stalled(Exception):
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+class _Progress:
+    """When the push last moved: bytes sent for a layer, or a layer done."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+        self._sent: dict[str, int] = {}
+        self._open: dict[str, str] = {}  # layer -> its last status, while not done
+
+    def see(self, event: dict[str, Any]) -> None:
+        layer, status = str(event.get("id") or ""), str(event.get("status") or "")
+        detail = event.get("progressDetail") or {}
+        current = int(detail.get("current") or 0)
+        moved = _layer_done(status)
+        if status == "Pushing" and current > self._sent.get(layer, -1):
+            self._sent[layer] = current
+            moved = True
+        if moved or (event.get("aux") or {}).get("Digest"):
+            self.at = time.monotonic()
+        if not layer:
+            return
+        if _layer_done(status):
+            self._open.pop(layer, None)
+        else:
+            total = int(detail.get("total") or 0)
+            size = f", {current / 1e6:.1f} of {total / 1e6:.1f} MB sent" if total else ""
+            self._open[layer] = status + size
+
+    def where(self) -> str:
+        """The layer the push is stuck on: the last one still open."""
+        if not self._open:
+            return ""
+        layer, status = list(self._open.items())[-1]
+        return f" at layer {layer} ({status})"
+
+
+def push(endpoint: Endpoint, repository: str, tag: str, login: RegistryLogin) -> str:
+    """Push one tag and return the manifest digest the registry stored.
+
+    The engine's push reports progress as it goes. A push that makes none for
+    `PUSH_STALL_S` (a reset it keeps retrying, a connection that stopped moving) is
+    dropped and asked for again, within `PUSH_BUDGET_S`: layers already stored are not
+    sent again, and an upload still in flight is joined, not restarted (the engine keeps
+    it), so a registry that recovers within the budget completes the push. Then one line
+    names the registry, the layer and what to check."""
+    reference = f"{repository}:{tag}"
+    started = time.monotonic()
+    deadline = started + PUSH_BUDGET_S
+    stall: _Stalled | None = None
+    tries = 0
+    while tries < PUSH_TRIES and time.monotonic() < deadline:
+        tries += 1
+        try:
+            return _push_once(endpoint, repository, tag, login, deadline)
+        except _Stalled as stalled:
+            stall = stalled
+            if tries < PUSH_TRIES and time.monotonic() < deadline:
+                github.warning(
+                    f"the push of {reference} {stalled.what}; asking the engine again "
+                    f"({tries + 1}/{PUSH_TRIES})"
+                )
+    host = reference.split("/", 1)[0]
+    raise RegistryError(
+        f"pushing {reference} to {host} did not finish: it {stall.what if stall else 'ran out of time'} "
+        f"({tries} tries in {time.monotonic() - started:.0f} s); no environment tag was moved",
+        f"check the network path from this runner to {host} (proxy, VPN, MTU, NAT timeouts) "
+        "and the registry's health, then rerun",
+        temporary=True,
+    )
+
+
+def _push_once(endpoint: Endpoint, repository: str, tag: str, login: RegistryLogin, deadline: float) -> str:
+    auth = {"username": login.username, "password": login.password}
+    reference = f"{repository}:{tag}"
+    # A client of its own whose read timeout is the stall limit: an engine that sends
+    # nothing at all for that long is stuck, whatever the layer.
+    api = endpoint.client(timeout=PUSH_STALL_S).api
+    # The push's streaming response, kept through a requests hook (the docker-py client
+    # is a requests session) so that it can be closed: the engine cancels a push when
+    # its caller hangs up, uploads in flight included.
+    responses: list[requests.Response] = []
+    api.hooks["response"].append(lambda response, *args, **kwargs: responses.append(response))
+    progress = _Progress()
+
+    def hang_up() -> None:
+        for response in responses:
+            response.close()
+
+    try:
+        with cancel.stopper(hang_up):
+            digest = _follow(api, (repository, tag), auth, progress, deadline)
+    except APIError as exc:
+        raise _push_error(reference, first_line(exc)) from exc
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        cancel.raise_if_requested()
+        raise _Stalled(f"sent no word for {PUSH_STALL_S:.0f} s{progress.where()}") from exc
+    finally:
+        # Closing the connection cancels the engine's push; the next try starts clean.
+        for response in responses:
+            response.close()
+        api.close()
+    if not digest:
+        raise RegistryError(
+            f"the engine pushed {reference} but reported no digest",
+            "rerun; if it persists, check the engine's log",
+        )
+    return digest
+
+
+def _follow(
+    api: Any, pushed: tuple[str, str], auth: dict[str, str], progress: _Progress, deadline: float
+) -> str:
+    """Read the push's progress to its end; the digest it reports."""
+    repository, tag = pushed
+    reference = f"{repository}:{tag}"
+    digest = ""
+    for event in api.push(repository, tag, stream=True, decode=True, auth_config=auth):
+        cancel.raise_if_requested()
+        if "error" in event or "errorDetail" in event:
+            message = (event.get("errorDetail") or {}).get("message") or event.get("error", "")
+            raise _push_error(reference, str(message))
+        aux = event.get("aux") or {}
+        if aux.get("Digest"):
+            digest = str(aux["Digest"])
+        progress.see(event)
+        status = event.get("status")
+        if status and event.get("id") and status in ("Pushed", "Layer already exists", "Mounted from"):
+            github.info(f"  {event['id']}: {status}")
+        now = time.monotonic()
+        if now - progress.at > PUSH_STALL_S:
+            raise _Stalled(f"made no progress for {PUSH_STALL_S:.0f} s{progress.where()}")
+        if now > deadline:
+            raise _Stalled(f"was still running after {PUSH_BUDGET_S:.0f} s{progress.where()}")
+    return digest
+
+
+def _push_error(reference: str, message: str) -> RegistryError:
+    lower = message.lower()
+    host = reference.split("/", 1)[0]
+    if any(m in lower for m in ("connection refused", "no such host", "i/o timeout", "dial tcp")):
+        return RegistryError(
+            f"registry {host} is unreachable while pushing {reference}: {message}",
+            f"check that the registry host '{host}' is right and reachable from this runner",
+        )
+    if any(m in lower for m in ("unauthorized", "authentication required", "no basic auth")):
+        return RegistryError(
+            f"registry {host} refused the login while pushing {reference}: {message}",
+            "make sure 'registry' is the ECR registry of this account and region",
+        )
+    fix = push_rejection_fix(0, (), message)
+    return PushRejectedError(f"registry {host} rejected the push of {reference}: {message}", fix)
