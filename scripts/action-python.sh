@@ -3,7 +3,8 @@
 # own Python: a venv in the runner's temp folder, keyed by the lock and the action's code,
 # reused when a job calls the action again. Writes `python=<path>` to GITHUB_OUTPUT.
 #
-# What is installed is lock/runtime.txt, nothing else: binary wheels only, every one checked
+# What is installed is lock/runtime.txt (and lock/ssh.txt when the Docker engine is reached
+# over ssh), nothing else: binary wheels only, every one checked
 # against its sha256, no dependency resolution. The installer is uv (lock/uv.txt, itself
 # hash-checked, fetched from the index's JSON API by scripts/fetch_uv.py, or by the runner's
 # pip where that cannot): a cold set-up takes about a second and a half, where
@@ -31,12 +32,43 @@ python="$(command -v python3 || true)"
 [ -n "$python" ] || fail "python3 is not on this runner's PATH. Fix: use an Ubuntu runner or run actions/setup-python before this step."
 runtime_lock="$action_path/lock/runtime.txt"
 uv_lock="$action_path/lock/uv.txt"
-[ -f "$runtime_lock" ] && [ -f "$uv_lock" ] || fail "the action's lock files are missing from $action_path/lock. Fix: pin a released version of the action (a tag or its commit SHA)."
+ssh_lock="$action_path/lock/ssh.txt"
+[ -f "$runtime_lock" ] && [ -f "$uv_lock" ] && [ -f "$ssh_lock" ] || fail "the action's lock files are missing from $action_path/lock. Fix: pin a released version of the action (a tag or its commit SHA)."
+
+# docker-py reaches an ssh:// engine through paramiko, which only those jobs need: the job's
+# DOCKER_HOST, else the host of its Docker context (DOCKER_CONTEXT, or the config's current
+# one) says whether this job is one.
+engine_host() {
+  if [ -n "${DOCKER_HOST:-}" ]; then
+    echo "$DOCKER_HOST"
+    return
+  fi
+  local context="${DOCKER_CONTEXT:-}"
+  if [ -z "$context" ]; then
+    context="$("$python" -I -c 'import json, sys
+try:
+    print(json.load(open(sys.argv[1])).get("currentContext") or "")
+except (OSError, ValueError, AttributeError):
+    pass' "${DOCKER_CONFIG:-$HOME/.docker}/config.json")"
+  fi
+  if [ -n "$context" ] && [ "$context" != default ] && command -v docker >/dev/null 2>&1; then
+    docker context inspect --format '{{.Endpoints.docker.Host}}' "$context" 2>/dev/null || true
+  fi
+}
+locks=("$runtime_lock")
+case "$(engine_host)" in
+  ssh://*) locks+=("$ssh_lock") ;;
+esac
+requirements=()
+for lock in "${locks[@]}"; do requirements+=(-r "$lock"); done
 
 temp="${RUNNER_TEMP:-/tmp}"
 # Keyed by everything that decides the environment: two refs of the action in one job do
-# not share one, and a changed lock is a new one.
-key="$(cat "$runtime_lock" "$uv_lock" "$action_path"/entrypoint/*.py | sha256sum | cut -c1-16)"
+# not share one, and a changed lock (or the ssh extra) is a new one.
+key="$( {
+  cat "${locks[@]}" "$uv_lock"
+  find "$action_path/entrypoint" -name '*.py' -print0 | LC_ALL=C sort -z | xargs -0 cat
+} | sha256sum | cut -c1-16)"
 venv="$temp/lambda-image-publish-$key"
 
 write_output() {
@@ -108,8 +140,8 @@ rm -rf "$venv"
 {
   "$uv" venv --no-config --quiet --python "$python" "$venv" &&
     "$uv" pip install --no-config --quiet --python "$venv/bin/python" --no-deps --require-hashes \
-      --only-binary :all: --compile-bytecode -r "$runtime_lock"
-} >"$log" 2>&1 || explain "installing the locked dependencies (lock/runtime.txt)"
+      --only-binary :all: --compile-bytecode "${requirements[@]}"
+} >"$log" 2>&1 || explain "installing the locked dependencies (lock/${locks[*]##*/lock/})"
 # The action's own package: copied, not built, so no build backend runs; compiled here like
 # the locked packages (uv's --compile-bytecode, on every core) rather than at the first
 # import. actions-toolkit's wheel ships its tests as a top-level package: removed.

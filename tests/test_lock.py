@@ -13,7 +13,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from scripts.lock import NO_DEPS, dependencies, dependencies_sha256, name_of
+from scripts.lock import NO_DEPS, dependencies, dependencies_sha256, name_of, ssh_dependencies
 from tests.support.run import REPO_ROOT, read_github_file
 
 if TYPE_CHECKING:
@@ -33,6 +33,10 @@ def test_the_lock_was_made_from_the_current_dependencies() -> None:
         assert header == f"# pyproject-dependencies-sha256: {dependencies_sha256(dependencies())}", (
             f"lock/{name} is stale: run `python scripts/lock.py`"
         )
+    header = (LOCK / "ssh.txt").read_text().splitlines()[1]
+    assert header == f"# pyproject-ssh-sha256: {dependencies_sha256(ssh_dependencies())}", (
+        "lock/ssh.txt is stale: run `python scripts/lock.py`"
+    )
 
 
 def test_every_dependency_is_locked_at_a_version_it_allows() -> None:
@@ -54,6 +58,12 @@ def test_every_locked_package_has_hashes_and_nothing_unused_is_installed() -> No
     assert not {"pygithub", "pyjwt", "pynacl", "cryptography"} & set(locked)
     assert set(NO_DEPS) <= set(locked)
     assert list(pins((LOCK / "uv.txt").read_text())) == ["uv"]
+    ssh = (LOCK / "ssh.txt").read_text()
+    for block in re.split(r"\n(?=[A-Za-z])", ssh.split("\n", 2)[2]):
+        assert "--hash=sha256:" in block, block
+    assert "paramiko" in pins(ssh)
+    # Nothing of the runtime lock again, at another version.
+    assert not set(pins(ssh)) & set(locked)
 
 
 def test_the_dev_extra_can_run_the_lock_script() -> None:
@@ -70,9 +80,11 @@ def _action_copy(tmp: Path) -> Path:
     return copy
 
 
-def _setup(action: Path, runner_temp: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "VIRTUAL_ENV"))}
-    env |= {"ACTION_PATH": str(action), "RUNNER_TEMP": str(runner_temp)}
+def _setup(
+    action: Path, runner_temp: Path, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "VIRTUAL_ENV", "DOCKER_"))}
+    env |= {"ACTION_PATH": str(action), "RUNNER_TEMP": str(runner_temp)} | (extra or {})
     env["GITHUB_OUTPUT"] = str(runner_temp / "output")
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p)
     return subprocess.run(
@@ -127,3 +139,45 @@ def test_the_set_up_installs_exactly_the_lock_and_reuses_it(tmp_path: Path) -> N
     assert again.returncode == 0
     assert "Set up" not in again.stdout  # reused, not reinstalled
     assert read_github_file(runner_temp / "output")["python"] == python
+
+
+def _installed(python: str) -> dict[str, str]:
+    listed = subprocess.run(
+        [python, "-I", "-c", "import importlib.metadata as m; print('\\n'.join("
+         "f\"{d.metadata['Name'].lower()}=={d.version}\" for d in m.distributions()))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return dict(line.split("==", 1) for line in listed)
+
+
+def test_the_ssh_extra_is_installed_only_for_an_engine_reached_over_ssh(tmp_path: Path) -> None:
+    action = _action_copy(tmp_path)
+    runner_temp = tmp_path / "runner-temp"
+    runner_temp.mkdir()
+    done = _setup(action, runner_temp, {"DOCKER_HOST": "ssh://builder@build-1.internal"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    over_ssh = read_github_file(runner_temp / "output")["python"]
+    installed = _installed(over_ssh)
+    ssh_pins = pins((action / "lock" / "ssh.txt").read_text())
+    assert installed["paramiko"] == ssh_pins["paramiko"]
+    assert installed["cryptography"] == ssh_pins["cryptography"]
+    # A Docker context whose host is ssh:// counts as well (the same environment, reused).
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    (config / "config.json").write_text("{}")
+    subprocess.run(
+        ["docker", "context", "create", "far", "--docker", "host=ssh://builder@build-1.internal"],
+        env={**os.environ, "DOCKER_CONFIG": str(config)}, check=True, capture_output=True,
+    )  # fmt: skip
+    (config / "config.json").write_text('{"currentContext": "far"}')
+    (runner_temp / "output").write_text("")
+    done = _setup(action, runner_temp, {"DOCKER_CONFIG": str(config)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert read_github_file(runner_temp / "output")["python"] == over_ssh
+    # A tcp:// engine gets no ssh support, in an environment of its own.
+    (runner_temp / "output").write_text("")
+    done = _setup(action, runner_temp, {"DOCKER_HOST": "tcp://build-1.internal:2376"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    over_tcp = read_github_file(runner_temp / "output")["python"]
+    assert over_tcp != over_ssh
+    assert "paramiko" not in _installed(over_tcp)

@@ -10,6 +10,7 @@ port is reached there), `push` pushes one tag under a watchdog.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -113,10 +114,18 @@ class Engine:
                 f"cannot read the Docker engine's settings: {first_line(exc)}",
                 "check DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH and DOCKER_CONTEXT",
             ) from exc
+        if endpoint.url.startswith("ssh://") and importlib.util.find_spec("paramiko") is None:
+            raise EngineError(
+                f"the Docker engine is reached over ssh ({endpoint.describe()}), and this Python "
+                "has no ssh support for docker-py (paramiko)",
+                "set DOCKER_HOST (or the Docker context) in the job's env before the action's "
+                "step, so its set-up installs lock/ssh.txt; running the entrypoint yourself, "
+                "pip install 'docker[ssh]'",
+            )
         try:
             client = endpoint.client(timeout=120)
             client.ping()
-        except DockerException as exc:
+        except (DockerException, requests.RequestException) as exc:
             raise EngineError(
                 f"the Docker engine at {endpoint.describe()} is not reachable: {first_line(exc)}",
                 "start the Docker daemon (GitHub-hosted Ubuntu runners have one), or point "
