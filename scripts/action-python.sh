@@ -43,13 +43,14 @@ engine_host() {
     echo "$DOCKER_HOST"
     return
   fi
-  local context="${DOCKER_CONTEXT:-}"
-  if [ -z "$context" ]; then
+  local context="${DOCKER_CONTEXT:-}" config="${DOCKER_CONFIG:-${HOME:-/nonexistent}/.docker}/config.json"
+  # Most runners have no current context: a grep spares them the Python start.
+  if [ -z "$context" ] && [ -f "$config" ] && grep -q currentContext "$config"; then
     context="$("$python" -I -c 'import json, sys
 try:
     print(json.load(open(sys.argv[1])).get("currentContext") or "")
 except (OSError, ValueError, AttributeError):
-    pass' "${DOCKER_CONFIG:-$HOME/.docker}/config.json")"
+    pass' "$config")"
   fi
   if [ -n "$context" ] && [ "$context" != default ] && command -v docker >/dev/null 2>&1; then
     docker context inspect --format '{{.Endpoints.docker.Host}}' "$context" 2>/dev/null || true
