@@ -43,6 +43,13 @@ class Builder:
     name: str | None = None  # a buildx builder chosen by name rather than the current one
     chosen: bool = False  # named by the workflow: used as it is, never replaced or changed
 
+    @property
+    def context(self) -> str | None:
+        """The Docker context a named builder of the docker driver is: buildx lists one such
+        builder per context and builds with it only from that context (`--context`), into
+        that context's engine, which is then the engine for everything after the build."""
+        return self.name if self.chosen and self.driver == "docker" and self.name != "default" else None
+
 
 @dataclass(frozen=True)
 class BuildRequest:
@@ -211,10 +218,12 @@ def build_command(builder: Builder, request: BuildRequest) -> list[str]:
     """The argv of one build. Build-arg values stay out of it: `--build-arg KEY` makes the
     CLI read the value from the environment, so values never show in a process list."""
     argv = [builder.cli]
+    if builder.context:
+        argv += ["--context", builder.context]
     if builder.kind == "buildx":
         # Attestations would turn the pushed image into an OCI index that Lambda rejects.
         argv += ["buildx", "build"]
-        if builder.name:
+        if builder.name and not builder.context:
             argv += ["--builder", builder.name]
         argv += ["--provenance=false", "--sbom=false", "--load"]
     else:

@@ -6,11 +6,12 @@ other tags once the image is complete, and verify that every tag resolves to one
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from entrypoint import build, buildkit, cache, cancel, github, lambda_checks, layering, tags
-from entrypoint.engine import Engine, resolve_with_engine
+from entrypoint.engine import ENGINE_VARIABLES, Engine, resolve_with_engine
 from entrypoint.errors import InputError, PushRejectedError
 from entrypoint.fingerprint import Fingerprint, compute_fingerprint, included_paths_under
 from entrypoint.reference import is_loopback
@@ -175,9 +176,13 @@ def verify(job: Job) -> None:
 def probe_engine(
     mode: cache.CacheMode, builder_name: str | None = None
 ) -> tuple[Engine, buildkit.Builder, cache.CacheSupport]:
-    engine = Engine.connect()
     builder = buildkit.detect_builder(builder_name)
-    return engine, builder, cache.check_supported(mode, builder)
+    environ: Mapping[str, str] = os.environ
+    if builder.context:
+        # The build lands in that context's engine; the checks, smoke boot and push follow it.
+        kept = {k: v for k, v in os.environ.items() if k not in ENGINE_VARIABLES}
+        environ = kept | {"DOCKER_CONTEXT": builder.context}
+    return Engine.connect(environ), builder, cache.check_supported(mode, builder)
 
 
 def _check_secrets(inputs: PublishInputs, environ: Mapping[str, str]) -> None:

@@ -77,6 +77,47 @@ ensure_packages() {
   fi
 }
 
+# The named-builder tests need the buildx plugin. Debian 12 packages none, so there the
+# stack takes Debian 13's docker-buildx (a static Go binary whose only dependency is
+# libc6 >= 2.34) with apt itself, from the mirror this machine's apt already uses and
+# checked against its archive keyring, and unpacks it into .stack/buildx/cli-plugins: a
+# folder only those tests put on the CLI's plugin path, so the rest of the suite still
+# tests Debian 12's own `DOCKER_BUILDKIT=1 docker build`. Without it those tests skip.
+declare -A NEXT_SUITE=([bookworm]=trixie)
+ensure_test_buildx() {
+  local plugin="$STACK/buildx/cli-plugins/docker-buildx" codename next mirror work arch
+  [ -x "$plugin" ] && return 0
+  /usr/bin/docker buildx version >/dev/null 2>&1 && return 0
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  next="${NEXT_SUITE[$codename]:-}"
+  [ -n "$next" ] || return 0
+  mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Created-By: Packages' \
+    | awk -v want="$codename" '$2 == want { print $1; exit }')
+  if [ -z "$mirror" ]; then
+    log "no $codename mirror in apt's sources: the named-builder tests will skip"
+    return 0
+  fi
+  arch=$(dpkg --print-architecture)
+  work=$(mktemp -d)
+  mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
+  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' \
+    "$mirror" "$next" /usr/share/keyrings/debian-archive-keyring.gpg >"$work/next.sources"
+  local -a opts=(-o "Dir::Etc::SourceList=$work/next.sources" -o Dir::Etc::SourceParts=/nonexistent
+    -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache" -o APT::Architecture="$arch"
+    -o APT::Sandbox::User=root)
+  log "docker-buildx for the named-builder tests: from $next ($mirror)"
+  if (cd "$work" && apt-get "${opts[@]}" -qq update && apt-get "${opts[@]}" -qq download "docker-buildx:$arch") >"$work/log" 2>&1 \
+    && dpkg-deb -x "$work"/docker-buildx_*.deb "$work/root" \
+    && [ -x "$work/root/usr/libexec/docker/cli-plugins/docker-buildx" ]; then
+    mkdir -p "$(dirname "$plugin")"
+    mv "$work/root/usr/libexec/docker/cli-plugins/docker-buildx" "$plugin"
+  else
+    tail -n 5 "$work/log" >&2 || true
+    log "could not fetch docker-buildx from $next: the named-builder tests will skip"
+  fi
+  rm -rf "$work"
+}
+
 ensure_venv() {
   local stamp="$STACK/venv.stamp" want
   want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
@@ -172,6 +213,7 @@ EOF
 cmd_up() {
   mkdir -p "$STACK" "$STACK/cache"
   ensure_packages
+  ensure_test_buildx
   ensure_venv
   ensure_shim
   ensure_dockerd

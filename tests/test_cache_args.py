@@ -370,3 +370,15 @@ def test_a_named_docker_driver_builder_is_not_replaced_for_a_cache_export(mode: 
     assert "the builder 'ctx' (input 'builder') has the docker driver" in caught.value.line()
     assert "does not change or replace a builder it was given" in caught.value.line()
     assert check_supported("registry-inline", NAMED_DOCKER).needs_container_builder is False
+
+
+def test_a_named_docker_driver_builder_builds_from_its_own_context() -> None:
+    """buildx refuses `--builder CTX` for a context's builder unless CTX is the current
+    context; `--context CTX` makes it so for this one command."""
+    argv = build_command(NAMED_DOCKER, REQUEST)
+    assert argv[:6] == ["/usr/bin/docker", "--context", "ctx", "buildx", "build", "--provenance=false"]
+    assert "--builder" not in argv
+    assert NAMED_DOCKER.context == "ctx"
+    assert NAMED_REMOTE.context is None
+    assert replace(NAMED_DOCKER, name="default").context is None  # the default context is DOCKER_HOST's
+    assert BUILDX_0_21_DOCKER.context is None  # the current builder, not named: no --context

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import docker.errors
 import pytest
-from docker.context import ContextAPI
 
-from entrypoint.engine import find_endpoint
+from entrypoint.engine.endpoint import find_endpoint
+from entrypoint.errors import EngineError
 from tests.support.remote import remote_host, trust_registry
 from tests.support.run import publish as publish_in
-from tests.support.stack import Registry
+from tests.support.stack import STACK_DIR, Registry
 from tests.test_republish import SKIPPED
 
 if TYPE_CHECKING:
@@ -76,6 +76,10 @@ def trusting(remote: RemoteHost) -> dict[str, str]:
 
 def images_named(client: DockerClient, repo: str) -> list[str]:
     return [tag for image in client.images.list() for tag in image.tags if repo in tag]
+
+
+def _has_buildx() -> bool:
+    return subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode == 0
 
 
 def test_a_remote_tls_engine_builds_boots_and_pushes_and_a_rerun_skips(
@@ -175,22 +179,30 @@ def test_the_engine_is_found_as_the_docker_cli_finds_it(tmp_path: Path, remote: 
     assert find_endpoint({}).describe() == "unix:///var/run/docker.sock (default socket)"
     ssh = find_endpoint({"DOCKER_HOST": "ssh://builder@build-1.internal"})
     assert (ssh.remote, ssh.host, ssh.tls) == (True, "build-1.internal", None)
-    # A context (what `docker context create` writes), chosen by DOCKER_CONTEXT.
-    (tmp_path / "config.json").write_text("{}")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DOCKER_CONFIG", str(tmp_path))
-        ContextAPI.create_context("far", host=f"tcp://{remote.remote_ip}:2375")
-        assert (tmp_path / "contexts" / "meta").is_dir()
-        found = find_endpoint({"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "far"})
-    # docker-py's context names the scheme it will speak (tcp:// becomes http(s)://).
-    assert found.url.endswith(f"://{remote.remote_ip}:2375")
-    assert (found.source, found.remote, found.host) == ("context far", True, remote.remote_ip)
+    # A context as `docker context create` writes it (no config.json beside it), chosen by
+    # DOCKER_CONTEXT, with the engine's TLS material.
+    certs = remote.client_certs
+    subprocess.run(
+        ["docker", "context", "create", "far", "--docker",
+         f"host={remote.docker_host},ca={certs / 'ca.pem'},cert={certs / 'cert.pem'},"
+         f"key={certs / 'key.pem'}"],
+        check=True, capture_output=True, env=os.environ | {"DOCKER_CONFIG": str(tmp_path)},
+    )  # fmt: skip
+    assert not (tmp_path / "config.json").exists()
+    found = find_endpoint({"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "far"})
+    assert (found.url, found.source, found.remote, found.host) == (
+        remote.docker_host, "context far", True, remote.remote_ip,
+    )  # fmt: skip
+    assert found.tls is not None
+    assert found.client(timeout=10).ping()
+    # The config's current context chooses it too; a missing one is one line.
+    (tmp_path / "config.json").write_text('{"currentContext": "far"}')
+    assert find_endpoint({"DOCKER_CONFIG": str(tmp_path)}).source == "context far"
+    with pytest.raises(EngineError, match="the Docker context 'near' does not exist"):
+        find_endpoint({"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "near"})
 
 
-@pytest.mark.skipif(
-    subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode == 0,
-    reason="this docker CLI has buildx; the named-builder case below covers it",
-)
+@pytest.mark.skipif(_has_buildx(), reason="this CLI has buildx; the named-builder case below covers it")
 def test_a_named_builder_without_buildx_is_one_line_before_anything_is_built(
     site: Workspace, registry: Registry, ecr_repository: MakeRepository, tmp_path: Path
 ) -> None:
@@ -204,46 +216,74 @@ def test_a_named_builder_without_buildx_is_one_line_before_anything_is_built(
     assert registry.tags(repo) == []
 
 
-@pytest.mark.skipif(
-    subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode != 0,
-    reason="needs the docker-buildx plugin (Debian 13 packages it; Debian 12 does not)",
-)
+@pytest.fixture
+def buildx_env(tmp_path: Path) -> dict[str, str]:
+    """Variables under which `docker buildx` works: none where the CLI has the plugin
+    (Debian 13's docker-buildx), else a Docker config folder whose cli-plugins is the stack's
+    copy of Debian 13's plugin (scripts/stack.sh, on Debian 12), as a job that installed
+    buildx into its own ~/.docker would have."""
+    if _has_buildx():
+        return {}
+    plugins = STACK_DIR / "buildx" / "cli-plugins"
+    if not (plugins / "docker-buildx").is_file():
+        pytest.skip("needs the docker-buildx plugin: scripts/stack.sh up fetches it (it could not here)")
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    (config / "cli-plugins").symlink_to(plugins)
+    return {"DOCKER_CONFIG": str(config)}
+
+
 def test_a_named_builder_builds_on_the_engine_it_names(
     site: Workspace,
     remote: RemoteHost,
     tls_registry: Registry,
     ecr_repository: MakeRepository,
     docker_client: DockerClient,
+    buildx_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
     """buildx lists a builder (docker driver) for every Docker context: a context for the
-    remote engine is a builder the action can be given by name."""
+    remote engine is a builder the action can be given by name, and that engine then takes
+    the build, the checks, the smoke boot and the push, whatever DOCKER_HOST says."""
     context = f"far-{remote.namespace}"
     certs = remote.client_certs
+    cli_env = os.environ | buildx_env
     subprocess.run(
         ["docker", "context", "create", context, "--docker",
          f"host={remote.docker_host},ca={certs / 'ca.pem'},cert={certs / 'cert.pem'},"
          f"key={certs / 'key.pem'}"],
-        check=True, capture_output=True,
+        check=True, capture_output=True, env=cli_env,
     )  # fmt: skip
     try:
-        missing = publish_in(site.path, tls_registry.host, tmp_path, "--builder", "no-such-builder")
+        repo = ecr_repository()
+        missing = publish_in(
+            site.path, tls_registry.host, tmp_path, "--builder", "no-such-builder",
+            repository=repo, env=trusting(remote) | buildx_env,
+        )  # fmt: skip
         assert missing.code == 1
         assert "the buildx builder 'no-such-builder' (input 'builder') does not exist here" in missing.log
-        repo = ecr_repository()
+        assert tls_registry.tags(repo) == []
         # The image is loaded where the checks run: the engine of DOCKER_HOST, here the remote one.
-        env = remote.env() | trusting(remote)
+        # DOCKER_HOST names another engine (the local one): the builder's context wins.
+        env = {"DOCKER_HOST": "unix:///var/run/docker.sock"} | trusting(remote) | buildx_env
         run = publish_in(
             site.path, tls_registry.host, tmp_path, "--builder", context, repository=repo, env=env
         )
         assert run.code == 0, run.log
         assert f"builder '{context}' (input 'builder', used as it is)" in run.log
+        # A docker-driver builder is its context's engine: the checks and the push use it too.
+        assert f"engine: {remote.docker_host} (context {context}, TLS, remote)" in run.log
         assert tls_registry.manifest(repo, site.head)[0] == run.outputs["digest"]
         assert images_named(docker_client, repo) == []
-        listed = subprocess.run(["docker", "buildx", "ls"], capture_output=True, text=True, check=True).stdout
+        listed = subprocess.run(
+            ["docker", "buildx", "ls"], capture_output=True, text=True, check=True, env=cli_env
+        ).stdout
+        assert context in listed
         assert "lambda-image-publish" not in listed  # no builder of ours was made
     finally:
-        subprocess.run(["docker", "context", "rm", "--force", context], capture_output=True, check=False)
+        subprocess.run(
+            ["docker", "context", "rm", "--force", context], capture_output=True, check=False, env=cli_env
+        )
 
 
 def test_an_ssh_engine_builds_boots_and_pushes(

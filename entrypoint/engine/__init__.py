@@ -20,6 +20,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from entrypoint.engine import push
+from entrypoint.engine.endpoint import ENGINE_VARIABLES as ENGINE_VARIABLES
 from entrypoint.engine.endpoint import Endpoint, find_endpoint, first_line
 from entrypoint.errors import EngineError
 from entrypoint.imagefacts import ImageFacts, env_of

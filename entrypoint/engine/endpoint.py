@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import docker
-from docker.context import ContextAPI
+from docker.tls import TLSConfig
 
 from entrypoint.errors import EngineError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from docker.tls import TLSConfig
+
+# The settings that choose the engine, in the CLI's order of precedence.
+ENGINE_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT")
 
 
 @dataclass(frozen=True)
@@ -78,14 +83,47 @@ def find_endpoint(environ: Mapping[str, str]) -> Endpoint:
         return Endpoint(environ["DOCKER_HOST"], "DOCKER_HOST", settings.get("tls") or None)
     name = environ.get("DOCKER_CONTEXT") or _current_context(environ)
     if name and name != "default":
-        context = ContextAPI.get_context(name)
-        if context is None:
-            raise EngineError(
-                f"the Docker context '{name}' does not exist",
-                "create it (docker context create) before this step, or unset DOCKER_CONTEXT",
-            )
-        return Endpoint(str(context.Host), f"context {name}", context.TLSConfig or None)
+        return _context_endpoint(name, environ)
     return Endpoint("unix:///var/run/docker.sock", "default socket")
+
+
+def _context_endpoint(name: str, environ: Mapping[str, str]) -> Endpoint:
+    """A context as the CLI stores it, read by the CLI: docker-py looks for contexts only
+    beside a config.json, and `docker context create` writes none, so on a runner whose
+    Docker folder holds nothing but contexts docker-py would find none."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/"), **environ}
+    cli = shutil.which("docker", path=env["PATH"])
+    if cli is None:
+        raise EngineError(
+            f"the Docker context '{name}' is chosen, and the docker CLI that reads contexts is not on PATH",
+            "install Docker on the runner (GitHub-hosted Ubuntu runners have it)",
+        )
+    try:
+        inspect = subprocess.run(
+            [cli, "context", "inspect", name],
+            capture_output=True, text=True, check=False, timeout=30, env=env,
+        )  # fmt: skip
+        (meta,) = json.loads(inspect.stdout) if inspect.returncode == 0 else [None]
+    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+        raise EngineError(
+            f"the docker CLI cannot read the Docker context '{name}': {exc}", "reinstall Docker"
+        ) from exc
+    if not isinstance(meta, dict) or not meta.get("Endpoints", {}).get("docker", {}).get("Host"):
+        raise EngineError(
+            f"the Docker context '{name}' does not exist",
+            "create it (docker context create) before this step, or unset DOCKER_CONTEXT",
+        )
+    engine = meta["Endpoints"]["docker"]
+    folder = Path(meta.get("Storage", {}).get("TLSPath") or "/nonexistent") / "docker"
+    files = {kind: folder / f"{kind}.pem" for kind in ("ca", "cert", "key")}
+    tls = None
+    if all(path.is_file() for path in files.values()):
+        tls = TLSConfig(
+            client_cert=(str(files["cert"]), str(files["key"])),
+            ca_cert=str(files["ca"]),
+            verify=not engine.get("SkipTLSVerify", False),
+        )
+    return Endpoint(str(engine["Host"]), f"context {name}", tls)
 
 
 def _current_context(environ: Mapping[str, str]) -> str:
