@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from entrypoint import buildkit, cache, github, lambda_checks, smoke
+from entrypoint import buildkit, cache, cli_env, github, lambda_checks, smoke
 
 if TYPE_CHECKING:
     from entrypoint.engine import Engine
@@ -64,7 +64,7 @@ def build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> build
             secrets=inputs.secrets,
         )
         argv = buildkit.build_command(builder, request)
-        env = buildkit.build_environment(
+        env = cli_env.build_environment(
             os.environ, inputs.build_args, secrets=inputs.secrets, gha=mode == "gha"
         )
         with contextlib.ExitStack() as stack:
@@ -74,7 +74,7 @@ def build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> build
                     # The CLI looks for a TLS engine's certificates in DOCKER_CONFIG by default.
                     env["DOCKER_CERT_PATH"] = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
                 env["DOCKER_CONFIG"] = stack.enter_context(
-                    buildkit.registry_credentials(
+                    cli_env.registry_credentials(
                         plan.registry, target.login.username, target.login.password, os.environ
                     )
                 )

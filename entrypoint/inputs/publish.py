@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from entrypoint.buildkit import cli_reads
+from entrypoint.cli_env import cli_reads
 from entrypoint.config import MERGED_KEYS, ImageEntry, merged, read_config
 from entrypoint.errors import InputError
 from entrypoint.inputs.common import (
