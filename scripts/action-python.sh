@@ -35,10 +35,19 @@ uv_lock="$action_path/lock/uv.txt"
 ssh_lock="$action_path/lock/ssh.txt"
 [ -f "$runtime_lock" ] && [ -f "$uv_lock" ] && [ -f "$ssh_lock" ] || fail "the action's lock files are missing from $action_path/lock. Fix: pin a released version of the action (a tag or its commit SHA)."
 
-# docker-py reaches an ssh:// engine through paramiko, which only those jobs need: the job's
-# DOCKER_HOST, else the host of its Docker context (DOCKER_CONTEXT, or the config's current
-# one) says whether this job is one.
+# docker-py reaches an ssh:// engine through paramiko, which only those jobs need: the
+# context the builder input names (a context's builder is that context's engine), else the
+# job's DOCKER_HOST, else the host of its Docker context (DOCKER_CONTEXT, or the config's
+# current one) says whether this job is one.
 engine_host() {
+  local builder="${BUILDER_INPUT:-}" host=""
+  if [ -n "$builder" ] && [ "$builder" != default ] && command -v docker >/dev/null 2>&1; then
+    host="$(docker context inspect --format '{{.Endpoints.docker.Host}}' "$builder" 2>/dev/null || true)"
+    if [ -n "$host" ]; then
+      echo "$host"
+      return
+    fi
+  fi
   if [ -n "${DOCKER_HOST:-}" ]; then
     echo "$DOCKER_HOST"
     return

@@ -174,6 +174,15 @@ def test_the_ssh_extra_is_installed_only_for_an_engine_reached_over_ssh(tmp_path
     done = _setup(action, runner_temp, {"DOCKER_CONFIG": str(config)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert read_github_file(runner_temp / "output")["python"] == over_ssh
+    # So does the builder input naming that context, whatever DOCKER_HOST says.
+    (config / "config.json").write_text("{}")
+    (runner_temp / "output").write_text("")
+    done = _setup(
+        action, runner_temp,
+        {"DOCKER_CONFIG": str(config), "DOCKER_HOST": "unix:///var/run/docker.sock", "BUILDER_INPUT": "far"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert read_github_file(runner_temp / "output")["python"] == over_ssh
     # A tcp:// engine gets no ssh support, in an environment of its own.
     (runner_temp / "output").write_text("")
     done = _setup(action, runner_temp, {"DOCKER_HOST": "tcp://build-1.internal:2376"})

@@ -120,7 +120,8 @@ class Engine:
                 f"the Docker engine is reached over ssh ({endpoint.describe()}), and this Python "
                 "has no ssh support for docker-py (paramiko)",
                 "set DOCKER_HOST (or the Docker context) in the job's env before the action's "
-                "step, so its set-up installs lock/ssh.txt; running the entrypoint yourself, "
+                "step, or name the context in its builder input, so its set-up installs "
+                "lock/ssh.txt; running the entrypoint yourself, "
                 "pip install 'docker[ssh]'",
             )
         try:
