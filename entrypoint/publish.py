@@ -176,6 +176,11 @@ def verify(job: Job) -> None:
 def probe_engine(
     mode: cache.CacheMode, builder_name: str | None = None
 ) -> tuple[Engine, buildkit.Builder, cache.CacheSupport]:
+    if not builder_name:
+        # The engine first: one that does not answer is the one line, before CLI probes wait on it.
+        engine = Engine.connect()
+        builder = buildkit.detect_builder()
+        return engine, builder, cache.check_supported(mode, builder)
     builder = buildkit.detect_builder(builder_name)
     environ: Mapping[str, str] = os.environ
     if builder.context:

@@ -69,13 +69,15 @@ class ReleaseResult:
             }
             for name, result, _, _ in self.images
         }
-        one = results[0] if len(results) == 1 else None
-        return {
-            "image-uri": one.image_uri if one else "",
-            "digest": one.digest if one else "",
+        # The single-image outputs name one image; with several, each is in `images` only.
+        one = (
+            results[0].outputs()
+            if len(results) == 1
+            else dict.fromkeys(("image-uri", "digest", "repository"), "")
+        )
+        return one | {
             "tags": "\n".join(ref for result in results for ref in result.references),
             "registry": results[0].registry,
-            "repository": one.repository if one else "",
             "images": json.dumps(by_name, sort_keys=True),
         }
 
