@@ -43,7 +43,7 @@ import docker
 from bench.engine import empty_engine, fresh_page_cache
 from bench.report import write_block
 from bench.run import _subprocess_env
-from bench.setup import WHOLE
+from bench.setup import WHOLE, runner_python
 from tests.support.act import action_checkout, publish_workflow, run_act
 from tests.support.stack import ECR_PASSWORD, ECR_USER, REPO_ROOT, MotoServer, Registry, ensure_python_base
 from tests.support.workspace import Workspace
@@ -208,7 +208,7 @@ def render(times: dict[str, list[float]], runs: int, took: float) -> str:
             f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with "
             f"`bash bench/many.sh --runs {runs}` "
             f"(median of {runs}; {took:.0f} s in all) on {os.cpu_count()} CPUs, {platform.system()} "
-            f"{platform.release()}. Six Python services, each on an emptied engine.",
+            f"{platform.release()}, {runner_python()}. Six Python services, each on an emptied engine.",
             "",
             "| case | seconds | samples |",
             "|---|--:|---|",

@@ -3,9 +3,10 @@
 Three measurements, each on a fresh runner (a new RUNNER_TEMP, so nothing of an earlier
 run is reused), median of N:
 
-1. set-up alone, cold: the locked set-up (scripts/action-python.sh: pinned uv fetched by the
-   runner's pip, then lock/runtime.txt with hashes) against the set-up of v1.0.0, which made
-   a venv with `python -m venv` and ran `pip install` of the action (resolving `>=` ranges);
+1. set-up alone, cold: the locked set-up (scripts/action-python.sh: scripts/install.py
+   fetches lock/runtime.txt's wheels, checked by hash, and installs them with pypa/installer)
+   against the set-up of v1.0.0, which made a venv with `python -m venv` and ran
+   `pip install` of the action (resolving `>=` ranges);
 2. set-up alone, warm: the second use in one job (the venv is there);
 3. the whole action under nektos/act in a consumer workflow, unchanged republish of the
    example SSE Lambda: a first run publishes (untimed), then each sample is a new act run
@@ -15,7 +16,7 @@ run is reused), median of N:
 Before every sample the kernel's page cache is dropped (as root): a fresh runner starts with
 nothing cached. It also keeps samples independent on these VMs, where memory the guest frees
 is handed back to the host and touching it again is slow, so that without the drop each
-sample's writes (a venv, a 37 MB uv) cost more than the one before: 1.8 s, 2.5, 3.2, 3.9, 4.1.
+sample's writes (a venv, then a 37 MB uv) cost more than the one before: 1.8 s, 2.5, 3.2, 3.9, 4.1.
 
 Writes bench/setup-results.md and the README block between the bench-setup markers.
 """
@@ -40,7 +41,7 @@ import docker
 from bench.cases import example_workspace
 from bench.engine import fresh_page_cache
 from bench.report import write_block
-from tests.support.act import action_checkout, publish_workflow, run_act
+from tests.support.act import action_checkout, publish_workflow, run_act, runner_path
 from tests.support.stack import (
     ECR_PASSWORD,
     ECR_USER,
@@ -69,12 +70,18 @@ def _say(message: str) -> None:
     print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", flush=True)
 
 
+def runner_python() -> str:
+    """The python3 a fresh runner's PATH gives the set-up, and its version."""
+    python = shutil.which("python3", path=runner_path(os.environ["PATH"])) or "python3"
+    done = subprocess.run([python, "-I", "-c", "import sys; print(sys.version.split()[0])"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    return f"the runner's python3 {python} ({done.stdout.strip() or 'not found'})"
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_", "VIRTUAL_ENV"))}
     # The runner's python3, not this venv's: a fresh runner has no project venv on PATH.
-    env["PATH"] = os.pathsep.join(
-        p for p in env["PATH"].split(os.pathsep) if not p.startswith(str(REPO_ROOT))
-    )
+    env["PATH"] = runner_path(env["PATH"])
     env["PATH"] = f"{STACK_DIR / 'bin'}{os.pathsep}{env['PATH']}"
     return env | extra
 
@@ -203,7 +210,7 @@ def render(
     lines = [
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `bash bench/setup.sh --runs {runs}` "
         f"(median of {runs}; {took:.0f} s in all) on {os.cpu_count()} CPUs, {platform.system()} "
-        f"{platform.release()}, Python {sys.version.split()[0]}. "
+        f"{platform.release()}, {runner_python()}. "
         + ("Page cache dropped before every sample." if os.geteuid() == 0 else "Page cache kept (not root)."),
         "",
         "| what | locked set-up (now) s | v1.0.0 set-up s | note |",

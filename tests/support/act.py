@@ -47,6 +47,16 @@ _STEP_DONE = re.compile(
 )
 
 
+def runner_path(path: str) -> str:
+    """PATH as a fresh runner has it: its python3 is the system's, not this project's venv
+    nor a version manager's shim (pyenv's re-resolves the version at every start, a tenth
+    of a second each, and leads to another build of Python than a runner has)."""
+    venv = str(REPO_ROOT / ".venv")
+    return os.pathsep.join(
+        p for p in path.split(os.pathsep) if not p.startswith(venv) and "/.pyenv/" not in f"{p}/"
+    )
+
+
 def action_checkout(destination: Path) -> Path:
     """The repository's tracked (and new, unignored) files: what a runner's checkout holds."""
     files = subprocess.run(
@@ -129,11 +139,7 @@ def run_act(
         argv += ["--var", f"{key}={value}"]
     process_env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_", "RUNNER_"))}
     process_env["XDG_CACHE_HOME"] = str(cache)
-    # A runner's python3 is the system's, not this project's venv.
-    venv = str(REPO_ROOT / ".venv")
-    process_env["PATH"] = os.pathsep.join(
-        p for p in process_env["PATH"].split(os.pathsep) if not p.startswith(venv)
-    )
+    process_env["PATH"] = runner_path(process_env["PATH"])
     process_env.pop("VIRTUAL_ENV", None)
     started = time.monotonic()
     done = subprocess.run(
