@@ -4,13 +4,13 @@
 # reused when a job calls the action again. Writes `python=<path>` to GITHUB_OUTPUT.
 #
 # What is installed is lock/runtime.txt (and lock/ssh.txt when the Docker engine is reached
-# over ssh), nothing else: binary wheels only, every one checked
-# against its sha256, no dependency resolution. The installer is uv (lock/uv.txt, itself
-# hash-checked, fetched from the index's JSON API by scripts/fetch_uv.py, or by the runner's
-# pip where that cannot): a cold set-up takes about a second and a half, where
-# `python -m venv` + `pip install` took eight to ten. The job's uv and pip settings cannot
-# change what is installed (-I, --no-config, behaviour variables unset); an index or mirror
-# they name is still used to download, which the hashes make safe.
+# over ssh), nothing else: binary wheels only, every one checked against its sha256, no
+# dependency resolution. scripts/install.py fetches them all at once from the index's JSON
+# API and installs them with pypa/installer (lock/setup.txt, hash-checked the same way): a
+# cold set-up takes about a second and a half, where `python -m venv` + `pip install` took
+# eight to ten, and uv two and a half (it first fetched its own 18 MB binary). The job's pip
+# and uv settings cannot change what is installed (-I, behaviour variables unset); an index
+# or mirror they name is still used to download, which the hashes make safe.
 #
 # Only the action's code runs here: every Python start is isolated (-I), so neither the
 # workspace (the current folder, which Python would put first on sys.path) nor PYTHONPATH /
@@ -31,9 +31,9 @@ fail() {
 python="$(command -v python3 || true)"
 [ -n "$python" ] || fail "python3 is not on this runner's PATH. Fix: use an Ubuntu runner or run actions/setup-python before this step."
 runtime_lock="$action_path/lock/runtime.txt"
-uv_lock="$action_path/lock/uv.txt"
+setup_lock="$action_path/lock/setup.txt"
 ssh_lock="$action_path/lock/ssh.txt"
-[ -f "$runtime_lock" ] && [ -f "$uv_lock" ] && [ -f "$ssh_lock" ] || fail "the action's lock files are missing from $action_path/lock. Fix: pin a released version of the action (a tag or its commit SHA)."
+[ -f "$runtime_lock" ] && [ -f "$setup_lock" ] && [ -f "$ssh_lock" ] || fail "the action's lock files are missing from $action_path/lock. Fix: pin a released version of the action (a tag or its commit SHA)."
 
 # docker-py reaches an ssh:// engine through paramiko, which only those jobs need: the
 # context the builder input names (a context's builder is that context's engine), else the
@@ -76,7 +76,7 @@ temp="${RUNNER_TEMP:-/tmp}"
 # Keyed by everything that decides the environment: two refs of the action in one job do
 # not share one, and a changed lock (or the ssh extra) is a new one.
 key="$( {
-  cat "${locks[@]}" "$uv_lock"
+  cat "${locks[@]}" "$setup_lock" "$action_path/scripts/install.py"
   find "$action_path/entrypoint" -name '*.py' -print0 | LC_ALL=C sort -z | xargs -0 cat
 } | sha256sum | cut -c1-16)"
 venv="$temp/lambda-image-publish-$key"
@@ -99,14 +99,15 @@ fi
 while IFS= read -r name; do
   case "$name" in
     PIP_INDEX_URL | PIP_EXTRA_INDEX_URL | PIP_TRUSTED_HOST | PIP_CERT | PIP_CLIENT_CERT | PIP_PROXY | PIP_DEFAULT_TIMEOUT) ;;
-    UV_INDEX | UV_INDEX_URL | UV_DEFAULT_INDEX | UV_EXTRA_INDEX_URL | UV_NATIVE_TLS | UV_HTTP_TIMEOUT) ;;
+    UV_INDEX_URL | UV_DEFAULT_INDEX) ;;
     *) unset "$name" ;;
   esac
 done < <(compgen -e | grep -E '^(PIP|UV)_' || true)
-if [ -n "${PIP_INDEX_URL:-}" ] && [ -z "${UV_INDEX_URL:-}${UV_DEFAULT_INDEX:-}" ]; then
-  export UV_DEFAULT_INDEX="$PIP_INDEX_URL"
+# pip, the fallback, reads no UV_* variable.
+uv_index="${UV_DEFAULT_INDEX:-${UV_INDEX_URL:-}}"
+if [ -n "$uv_index" ] && [ -z "${PIP_INDEX_URL:-}" ]; then
+  export PIP_INDEX_URL="$uv_index"
 fi
-export UV_CACHE_DIR="$temp/lambda-image-publish-uv-cache"
 log="$temp/lambda-image-publish-setup-$key.log"
 
 explain() {
@@ -114,55 +115,51 @@ explain() {
   local why="the index could not be reached or refused the download"
   if grep -qiE 'hash|do not match' "$log"; then
     why="a downloaded wheel does not match its sha256 in the lock (the index served other bytes, or the lock was edited)"
-  elif grep -qiE 'no matching distribution|not find a version|no solution|not available for|no wheels' "$log"; then
+  elif grep -qiE 'not name==version' "$log"; then
+    why="a lock file is not as scripts/lock.py wrote it"
+  elif grep -qiE 'no matching distribution|not find a version|not available for|no wheels' "$log"; then
     why="the lock has no wheel for this runner's Python ($("$python" -c 'import sys; print(sys.version.split()[0])'))"
   fi
   echo "Installer output:"
   tail -n 20 "$log" | sed 's/^/  | /'
   rm -rf "$venv"
-  fail "$1 failed: $why. Fix: check the runner's access to the package index (or its mirror in pip/uv settings), use Python 3.10 or later, and do not edit lock/*.txt by hand (scripts/lock.py writes them)."
+  fail "$1 failed: $why. Fix: check the runner's access to the package index (or its mirror in pip or uv settings), use Python 3.10 or later, and do not edit lock/*.txt by hand (scripts/lock.py writes them)."
 }
 
-uv_home="$temp/lambda-image-publish-uv-$(sha256sum "$uv_lock" | cut -c1-16)"
-if [ ! -x "$uv_home/bin/uv" ]; then
-  rm -rf "$uv_home"
-  # Fast path (scripts/fetch_uv.py): the locked wheel straight from the index's JSON API,
-  # about half a second. It exits 3 where it cannot (no JSON API, an unusual platform, an
-  # index that needs pip's credentials) and pip fetches the same hash-pinned wheel instead.
-  status=0
-  "$python" -I "$action_path/scripts/fetch_uv.py" "$uv_lock" "$uv_home" 2>"$log" || status=$?
-  if [ "$status" = 2 ]; then
-    explain "installing uv (lock/uv.txt)"
-  fi
-fi
-if [ ! -x "$uv_home/bin/uv" ]; then
-  rm -rf "$uv_home"
-  if ! "$python" -I -m pip install --disable-pip-version-check --no-input --quiet --no-deps \
-    --require-hashes --only-binary :all: --no-compile --no-cache-dir --target "$uv_home" \
-    -r "$uv_lock" >"$log" 2>&1; then
-    grep -q "No module named pip" "$log" && fail "python3 at $python has no pip to fetch the installer with. Fix: install python3-pip, or run actions/setup-python before this step."
-    explain "installing uv (lock/uv.txt)"
-  fi
-fi
-uv="$uv_home/bin/uv"
-
 rm -rf "$venv"
-{
-  "$uv" venv --no-config --quiet --python "$python" "$venv" &&
-    "$uv" pip install --no-config --quiet --python "$venv/bin/python" --no-deps --require-hashes \
-      --only-binary :all: --compile-bytecode "${requirements[@]}"
-} >"$log" 2>&1 || explain "installing the locked dependencies (lock/${locks[*]##*/lock/})"
-# The action's own package: copied, not built, so no build backend runs; compiled here like
-# the locked packages (uv's --compile-bytecode, on every core) rather than at the first
-# import. actions-toolkit's wheel ships its tests as a top-level package: removed.
-"$venv/bin/python" -I - "$action_path/entrypoint" <<'PYTHON'
-import compileall, shutil, sys, sysconfig
+# Fast path (scripts/install.py): every locked wheel from the index's JSON API at once,
+# installed with pypa/installer. It exits 3 where it cannot (no JSON API, an index that
+# needs pip's credentials or does not answer) and the runner's pip installs the same locks,
+# with the same hashes, instead.
+status=0
+"$python" -I "$action_path/scripts/install.py" "$venv" "$action_path/entrypoint" "${locks[@]}" >"$log" 2>&1 || status=$?
+if [ "$status" = 3 ]; then
+  rm -rf "$venv"
+  cat "$log" >"$log.fast"
+  if ! "$python" -I -m venv --without-pip "$venv" >"$log" 2>&1; then
+    explain "making the action's venv"
+  fi
+  site="$("$venv/bin/python" -I -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+  if ! "$python" -I -m pip install --disable-pip-version-check --no-input --quiet --no-deps \
+    --require-hashes --only-binary :all: --no-compile --no-cache-dir --target "$site" \
+    "${requirements[@]}" >"$log" 2>&1; then
+    grep -q "No module named pip" "$log" && fail "python3 at $python has no pip, and $(tail -n 1 "$log.fast"). Fix: let the runner reach the package index's JSON API, or install python3-pip."
+    explain "installing the locked dependencies (lock/${locks[*]##*/lock/})"
+  fi
+  # The action's own package: copied, not built, so no build backend runs. actions-toolkit's
+  # wheel ships its tests as a top-level package: removed.
+  "$venv/bin/python" -I - "$action_path/entrypoint" "$site" <<'PYTHON'
+import compileall, shutil, sys
 from pathlib import Path
-site = Path(sysconfig.get_path("purelib"))
+site = Path(sys.argv[2])
 shutil.copytree(sys.argv[1], site / "entrypoint", ignore=shutil.ignore_patterns("__pycache__"))
 shutil.rmtree(site / "tests", ignore_errors=True)
-compileall.compile_dir(site / "entrypoint", quiet=1)
+compileall.compile_dir(site, quiet=2, workers=0)
 PYTHON
+  rm -f "$log.fast"
+elif [ "$status" != 0 ]; then
+  explain "installing the locked dependencies (lock/${locks[*]##*/lock/})"
+fi
 touch "$venv/.complete"
 rm -f "$log"
 echo "Set up the action's locked Python environment in $venv ($(( ($(date +%s%N) - started) / 1000000 )) ms)"

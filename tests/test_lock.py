@@ -3,6 +3,7 @@ not match its hash stops the set-up with one clear line."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -13,8 +14,11 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from scripts.lock import NO_DEPS, dependencies, dependencies_sha256, name_of, ssh_dependencies
+from scripts.lock import NO_DEPS, SETUP_TOOLS, dependencies, dependencies_sha256, name_of, ssh_dependencies
+from tests.support.act import runner_path
+from tests.support.fakehttp import FakeHttp, Reply, Request
 from tests.support.run import REPO_ROOT, read_github_file
+from tests.support.wheels import locked_wheels
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,11 +32,14 @@ def pins(text: str) -> dict[str, str]:
 
 
 def test_the_lock_was_made_from_the_current_dependencies() -> None:
-    for name in ("runtime.txt", "uv.txt"):
-        header = (LOCK / name).read_text().splitlines()[1]
-        assert header == f"# pyproject-dependencies-sha256: {dependencies_sha256(dependencies())}", (
-            f"lock/{name} is stale: run `python scripts/lock.py`"
-        )
+    header = (LOCK / "runtime.txt").read_text().splitlines()[1]
+    assert header == f"# pyproject-dependencies-sha256: {dependencies_sha256(dependencies())}", (
+        "lock/runtime.txt is stale: run `python scripts/lock.py`"
+    )
+    header = (LOCK / "setup.txt").read_text().splitlines()[1]
+    assert header == f"# setup-tools-sha256: {dependencies_sha256(SETUP_TOOLS)}", (
+        "lock/setup.txt is stale: run `python scripts/lock.py`"
+    )
     header = (LOCK / "ssh.txt").read_text().splitlines()[1]
     assert header == f"# pyproject-ssh-sha256: {dependencies_sha256(ssh_dependencies())}", (
         "lock/ssh.txt is stale: run `python scripts/lock.py`"
@@ -57,7 +64,11 @@ def test_every_locked_package_has_hashes_and_nothing_unused_is_installed() -> No
     # actions-toolkit's own dependencies that the action never imports stay out.
     assert not {"pygithub", "pyjwt", "pynacl", "cryptography"} & set(locked)
     assert set(NO_DEPS) <= set(locked)
-    assert list(pins((LOCK / "uv.txt").read_text())) == ["uv"]
+    # The set-up's own tools: pure-Python wheels (install.py imports them from the files).
+    setup = (LOCK / "setup.txt").read_text()
+    assert sorted(pins(setup)) == ["installer", "packaging"]
+    for block in re.split(r"\n(?=[A-Za-z])", setup.split("\n", 2)[2]):
+        assert "--hash=sha256:" in block, block
     ssh = (LOCK / "ssh.txt").read_text()
     for block in re.split(r"\n(?=[A-Za-z])", ssh.split("\n", 2)[2]):
         assert "--hash=sha256:" in block, block
@@ -86,7 +97,7 @@ def _setup(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "VIRTUAL_ENV", "DOCKER_"))}
     env |= {"ACTION_PATH": str(action), "RUNNER_TEMP": str(runner_temp)} | (extra or {})
     env["GITHUB_OUTPUT"] = str(runner_temp / "output")
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p)
+    env["PATH"] = runner_path(env["PATH"])
     return subprocess.run(
         ["bash", str(action / "scripts" / "action-python.sh")],
         env=env,
@@ -190,3 +201,41 @@ def test_the_ssh_extra_is_installed_only_for_an_engine_reached_over_ssh(tmp_path
     over_tcp = read_github_file(runner_temp / "output")["python"]
     assert over_tcp != over_ssh
     assert "paramiko" not in _installed(over_tcp)
+
+
+def test_an_index_that_needs_credentials_is_left_to_pip_with_the_same_hashes(tmp_path: Path) -> None:
+    """A private index whose URL carries credentials (CodeArtifact, Artifactory): the fast
+    path hands it to the runner's pip, which installs the same locked bytes."""
+    wheels = locked_wheels(LOCK / "runtime.txt")
+
+    def html_index(request: Request, _: FakeHttp) -> Reply:
+        if request.path.startswith("/simple/"):
+            project = request.path.split("/")[2]
+            links = "".join(
+                f'<a href="/files/{name}#sha256={hashlib.sha256(data).hexdigest()}">{name}</a>\n'
+                for name, data in wheels.items()
+                if re.sub(r"[-_.]+", "-", name.split("-")[0]).lower() == project
+            )
+            return Reply(200, f"<!DOCTYPE html><html><body>\n{links}</body></html>".encode(),
+                         {"Content-Type": "text/html"})  # fmt: skip
+        name = request.path.removeprefix("/files/")
+        return Reply(200, wheels[name]) if name in wheels else Reply(404)
+
+    action = _action_copy(tmp_path)
+    runner_temp = tmp_path / "runner-temp"
+    runner_temp.mkdir()
+    with FakeHttp(html_index) as server:
+        # HOME: this machine's own pip.conf (find-links, extra indexes) stays out of the test.
+        index = f"http://ci:s3cret@{server.host}/simple/"
+        done = _setup(action, runner_temp, {"PIP_INDEX_URL": index, "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "s3cret" not in done.stdout + done.stderr
+    python = read_github_file(runner_temp / "output")["python"]
+    locked = pins((LOCK / "runtime.txt").read_text())
+    locked.pop("pywin32")  # Windows only
+    assert _installed(python) == locked
+    subprocess.run([python, "-I", "-c", "import boto3, docker, yaml, entrypoint.release"], check=True)
+    # pip, not the fast path, fetched them: with the credentials, every wheel once.
+    fetched = [r for r in server.requests if r.path.startswith("/files/")]
+    assert sorted(r.path.removeprefix("/files/") for r in fetched) == sorted(wheels)
+    assert all(r.headers.get("Authorization", "").startswith("Basic ") for r in server.requests)
