@@ -3,10 +3,11 @@
 The set-up's fast path (scripts/action-python.sh). On a fresh runner it makes VENV with the
 standard library's venv (no pip in it), asks the package index's JSON API (PEP 691) for
 every locked package at once, downloads the one wheel of each that suits this Python,
-checks it against its sha256 in the lock, installs it with pypa/installer, copies the
-action's PACKAGE in, and byte-compiles what has landed in a second process while the
-largest wheels are still arriving. uv did the same in two seconds and a half, most of it
-spent fetching and unpacking its own 18 MB binary before installing anything.
+checks it against its sha256 in the lock, installs it with pypa/installer (botocore
+without the models of APIs the action never calls), copies the action's PACKAGE in, and
+byte-compiles what has landed in a second process while the largest wheels are still
+arriving. uv did the same in two seconds and a half, most of it spent fetching and
+unpacking its own 18 MB binary before installing anything.
 
 installer (which unpacks a wheel as the wheel spec says: RECORD, .data, scripts) and
 packaging (which orders wheel tags as pip does, and reads the lock's environment markers)
@@ -239,9 +240,10 @@ def make_venv(path: Path) -> dict[str, str]:
 
 class Compiler:
     """Byte-compiles installed files in background processes: one at a time while wheels are
-    still being installed (this process uses the other core), batching whatever landed
-    meanwhile, then the rest split over every core. Bytecode written now spares the action's
-    first start from compiling what it imports (0.6 s on one core)."""
+    still arriving, each taking whatever landed since the last one started, then the rest
+    split over every core. Bytecode written now spares the action's first start from
+    compiling what it imports (0.6 s on one core). (A process per core from the start was
+    no faster: the installs here need the other core.)"""
 
     BATCH = 24  # files: a process start costs as much as compiling a few dozen
 
@@ -307,6 +309,33 @@ def wheel_destination(scheme: dict[str, str], compiler: Compiler) -> Any:
          "scripts": scheme["scripts"], "data": scheme["data"]},
         interpreter=scheme["python"], script_kind="posix",
     )  # fmt: skip
+
+
+# The AWS APIs the action's process can call: its own (ECR), and those botocore's credential
+# chain makes clients for (web identity and assume-role: STS; SSO profiles: SSO and
+# SSO OIDC; `aws login` profiles: Sign-In). tests/test_install.py reads botocore's source to
+# keep this list whole when the lock moves botocore on.
+AWS_APIS = frozenset({"ecr", "sts", "sso", "sso-oidc", "signin"})
+_MODEL = re.compile(r"^botocore/data/([^/]+)/")
+
+
+def unused_models_left_out(source: Any) -> Any:
+    """botocore's wheel carries the models of all 449 AWS APIs, two thousand files that are
+    most of its unpacking time; only AWS_APIS' are installed (with every file at the top of
+    botocore/data: endpoints, partitions, retry rules). installer writes RECORD from what it
+    installs, so the record stays true."""
+    if source.distribution != "botocore":
+        return source
+    contents = source.get_contents
+
+    def kept() -> Any:
+        for item in contents():
+            model = _MODEL.match(item[0][0])
+            if model is None or model.group(1) in AWS_APIS:
+                yield item
+
+    source.get_contents = kept
+    return source
 
 
 class Ranking:
@@ -379,7 +408,9 @@ def install(venv_path: Path, package: Path, locks: list[Path], env: dict[str, st
             if wheel is None:
                 continue
             with WheelFile.open(wheel) as source:
-                install_wheel(source, destination, {"INSTALLER": b"lambda-image-publish\n"})
+                install_wheel(
+                    unused_models_left_out(source), destination, {"INSTALLER": b"lambda-image-publish\n"}
+                )
             installed.append(wheel.name)
         compiler.finish()
         # actions-toolkit's wheel ships its tests as a top-level package.

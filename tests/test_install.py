@@ -7,11 +7,13 @@ with pip from the package index) and small wheels made here for a lock of the te
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -214,3 +216,51 @@ def test_an_index_url_with_credentials_is_left_to_pip(tmp_path: Path) -> None:
     assert done.returncode == 3
     assert "secret" not in done.stderr
     assert "credentials" in done.stderr
+
+
+_CLIENT_MAKERS = {"client", "create_client", "client_creator", "_client_creator", "create_nested_client"}
+
+
+def _clients_made(sources: list[str]) -> set[str]:
+    """Every API name given as a string literal to a call that makes a boto3/botocore
+    client (code only: ast leaves out the docstrings' examples)."""
+    made = set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            if name in _CLIENT_MAKERS:
+                made |= {
+                    arg.value
+                    for arg in node.args[:2]
+                    if isinstance(arg, ast.Constant)
+                    and isinstance(arg.value, str)
+                    and re.fullmatch(r"[a-z0-9-]+", arg.value)
+                }
+    return made
+
+
+def test_the_aws_apis_kept_are_every_one_the_action_and_botocore_make_clients_for() -> None:
+    """Only AWS_APIS' models of the locked botocore are installed: this reads the locked
+    wheel's own code (and ours) for every client it can make, so a botocore that adds a
+    credential provider on another API fails here, not on a runner."""
+    from scripts.install import AWS_APIS  # noqa: PLC0415
+
+    wheels = locked_wheels(REPO_ROOT / "lock" / "runtime.txt")
+    botocore = next(data for name, data in wheels.items() if name.startswith("botocore-"))
+    with zipfile.ZipFile(io.BytesIO(botocore)) as archive:
+        code = [
+            archive.read(n).decode()
+            for n in archive.namelist()
+            if n.endswith(".py") and n.startswith("botocore/") and "/docs/" not in n and "/vendored/" not in n
+        ]
+        models = {
+            n.split("/")[2] for n in archive.namelist() if n.count("/") > 3 and n.startswith("botocore/data/")
+        }
+    made = _clients_made(code)
+    ours = _clients_made([p.read_text() for p in (REPO_ROOT / "entrypoint").rglob("*.py")])
+    assert {"sts", "sso", "sso-oidc", "signin"} <= made  # the scan sees the credential chain's clients
+    assert ours == {"ecr"}
+    assert made | ours <= AWS_APIS
+    assert models >= AWS_APIS  # every API kept has a model in this botocore

@@ -14,6 +14,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from scripts.install import AWS_APIS
 from scripts.lock import NO_DEPS, SETUP_TOOLS, dependencies, dependencies_sha256, name_of, ssh_dependencies
 from tests.support.act import runner_path
 from tests.support.fakehttp import FakeHttp, Reply, Request
@@ -145,6 +146,16 @@ def test_the_set_up_installs_exactly_the_lock_and_reuses_it(tmp_path: Path) -> N
     locked = pins((action / "lock" / "runtime.txt").read_text())
     locked.pop("pywin32")  # Windows only
     assert sorted(frozen) == sorted(f"{n}=={v}" for n, v in locked.items())
+    # botocore holds the models of the APIs the action can call, and they all load.
+    models = subprocess.run(
+        [python, "-I", "-c", "import boto3, botocore, os, sys\n"
+         "for api in sys.argv[1:]: boto3.client(api, region_name='eu-west-2')\n"
+         "data = os.path.join(os.path.dirname(botocore.__file__), 'data')\n"
+         "print(' '.join(sorted(n for n in os.listdir(data) if os.path.isdir(os.path.join(data, n)))))",
+         *AWS_APIS],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert models == sorted(AWS_APIS)
     (runner_temp / "output").write_text("")
     again = _setup(action, runner_temp)
     assert again.returncode == 0
