@@ -153,7 +153,7 @@ class Index:
 
     def files(self, name: str) -> list[tuple[str, str, str]]:
         """(filename, absolute URL, sha256) of each file the index lists for `name`."""
-        page_url = urllib.parse.urljoin(self.url, f"{name.lower()}/")
+        page_url = urllib.parse.urljoin(self.url, re.sub(r"[-_.]+", "-", name).lower() + "/")  # PEP 503
         try:
             page = json.loads(self._get(page_url, JSON_API))
         except ValueError:

@@ -264,3 +264,15 @@ def test_the_aws_apis_kept_are_every_one_the_action_and_botocore_make_clients_fo
     assert ours == {"ecr"}
     assert made | ours <= AWS_APIS
     assert models >= AWS_APIS  # every API kept has a model in this botocore
+
+
+def test_index_pages_are_asked_for_by_the_normalised_project_name(
+    tmp_path: Path, setup_wheels: dict[str, bytes]
+) -> None:
+    dotted = _wheel("zope_like", "1.0", "py3-none-any", {"zope_like/__init__.py": "OK = True\n"})
+    lock = _lock(tmp_path, [("Zope.Like", "1.0", "", [dotted[1]])])  # as a lock may spell it
+    with FakeHttp(Index(_served(setup_wheels | dict([dotted])))) as server:
+        done, venv = _install(tmp_path, lock, f"http://{server.host}/simple")
+    assert done.returncode == 0, done.stderr
+    assert "/simple/zope-like/" in [r.path for r in server.requests]
+    assert _run(venv, "import zope_like; print(zope_like.OK)").strip() == "True"
