@@ -69,9 +69,6 @@ locks=("$runtime_lock")
 case "$(engine_host)" in
   ssh://*) locks+=("$ssh_lock") ;;
 esac
-requirements=()
-for lock in "${locks[@]}"; do requirements+=(-r "$lock"); done
-
 temp="${RUNNER_TEMP:-/tmp}"
 # Keyed by everything that decides the environment: two refs of the action in one job do
 # not share one, and a changed lock (or the ssh extra) is a new one.
@@ -140,6 +137,8 @@ if [ "$status" = 3 ]; then
     explain "making the action's venv"
   fi
   site="$("$venv/bin/python" -I -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+  requirements=()
+  for lock in "${locks[@]}"; do requirements+=(-r "$lock"); done
   if ! "$python" -I -m pip install --disable-pip-version-check --no-input --quiet --no-deps \
     --require-hashes --only-binary :all: --no-compile --no-cache-dir --target "$site" \
     "${requirements[@]}" >"$log" 2>&1; then

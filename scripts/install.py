@@ -95,19 +95,18 @@ def read_pins(lock: Path) -> list[Pin]:
 
 def pip_settings() -> dict[str, str]:
     """pip's own reading of its configuration files and PIP_* variables, and its default
-    index as `index-url` when they name none; {} where pip is absent (so are its files)."""
+    index as `index-url` when they name none. Without pip the caller needs a variable that
+    names the index, or falls back."""
     try:
         # pip's import is a fifth of a second: once, and not at all when variables name both
         # the index and its certificate.
         from pip._internal.configuration import Configuration  # noqa: PLC0415
         from pip._internal.models.index import PyPI  # noqa: PLC0415
-    except ImportError:
-        return {}
-    try:
+
         config = Configuration(isolated=False)
         config.load()
         settings = {key.split(".", 1)[1]: value for key, value in config.items()}
-    except Exception as error:  # noqa: BLE001 - pip's internals moved, or its files do not parse
+    except Exception as error:  # noqa: BLE001 - no pip, its internals moved, or its files do not parse
         raise FallBack(f"pip's settings cannot be read here ({type(error).__name__})") from None
     return {"index-url": PyPI.simple_url, **settings}
 
@@ -122,7 +121,7 @@ def index_and_cafile(env: dict[str, str]) -> tuple[str, str | None]:
         except FallBack:
             if not named:
                 raise
-    index = (named or settings.get("index-url") or "https://pypi.org/simple/").split()[0]
+    index = (named or settings["index-url"]).split()[0]
     cafile = env.get("PIP_CERT") or settings.get("cert") or None
     if urllib.parse.urlsplit(index).username:
         raise FallBack("the index URL carries credentials")
@@ -153,7 +152,7 @@ class Index:
 
     def files(self, name: str) -> list[tuple[str, str, str]]:
         """(filename, absolute URL, sha256) of each file the index lists for `name`."""
-        page_url = urllib.parse.urljoin(self.url, re.sub(r"[-_.]+", "-", name).lower() + "/")  # PEP 503
+        page_url = urllib.parse.urljoin(self.url, normalised(name, "-") + "/")
         try:
             page = json.loads(self._get(page_url, JSON_API))
         except ValueError:
@@ -177,6 +176,11 @@ class Index:
         path = folder / url.rsplit("/", 1)[-1].split("#", 1)[0]
         path.write_bytes(data)
         return path
+
+
+def normalised(name: str, separator: str) -> str:
+    """A project name as PEP 503 pages ("-") and wheel file names ("_") spell it."""
+    return re.sub(r"[-_.]+", separator, name).lower()
 
 
 def locked_wheels(pin: Pin, files: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
@@ -203,13 +207,14 @@ def ranked_wheel(pin: Pin, files: list[tuple[str, str, str]], rank: dict[Any, in
     """The locked wheel whose tags come first in this Python's order (packaging.tags)."""
     from packaging.utils import parse_wheel_filename  # noqa: PLC0415 - imported from its wheel
 
+    locked = locked_wheels(pin, files)
     best: tuple[int, tuple[str, str, str]] | None = None
-    for wheel in locked_wheels(pin, files):
+    for wheel in locked:
         ranks = [rank[tag] for tag in parse_wheel_filename(wheel[0])[3] if tag in rank]
         if ranks and (best is None or min(ranks) < best[0]):
             best = (min(ranks), wheel)
-    if best is None and not locked_wheels(pin, files):
-        project = re.sub(r"[-_.]+", "_", pin.name).lower()
+    if not locked:
+        project = normalised(pin.name, "_")
         if any(
             f[0].endswith(".whl") and f[0].lower().split("-")[:2] == [project, pin.version] for f in files
         ):
