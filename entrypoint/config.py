@@ -1,9 +1,13 @@
 """The `config` file of a release: several images published from one step.
 
-Read with pyyaml's safe loader (no tags, no objects: a checkout's YAML is untrusted), with
-the line of every key kept, so that each error names the file, the line and the key. Each
-image's keys become the same raw strings the action's inputs are, and `inputs` parses them
-with the same rules; the action's inputs are every image's defaults.
+Every value is read as the text written: pyyaml's base loader resolves nothing implicitly,
+where YAML 1.1 would build `3.10` as 3.1, `0755` as 493, `12:30` as 750 and `on` as true,
+and the image would be built with those. No tag but text, list and mapping is read, so no
+object is ever made (a checkout's YAML is untrusted), and merge keys (`<<`) are refused
+rather than half-supported (an image overriding a merged key would be a key given twice).
+The line of every key is kept, so that each error names the file, the line and the key.
+Each image's keys become the same raw strings the action's inputs are, and `inputs` parses
+them with the same rules; the action's inputs are every image's defaults.
 
     images:
       - name: orders                       # key in the outputs; [a-z0-9-]
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
@@ -73,16 +77,33 @@ class _Located(dict[str, Any]):
     key_lines: dict[str, int]
 
 
-class _Loader(yaml.SafeLoader):
-    """The safe loader, keeping key lines and refusing a key given twice (YAML allows it and
-    keeps the last, so a pasted block would silently win)."""
+_YAML_TAG = "tag:yaml.org,2002:"
+_MERGE_TAG = _YAML_TAG + "merge"
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses but that this file does not take (a tag, a merge key): not a syntax
+    error, so it is shown as what it is, with its own fix in `note`."""
+
+
+class _Loader(yaml.BaseLoader):
+    """pyyaml's base loader (no implicit resolvers: every scalar is text), keeping key lines
+    and refusing a key given twice (YAML allows it and keeps the last, so a pasted block
+    would silently win), any explicit tag but text, list and mapping, and merge keys."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):
+            raise yaml.constructor.ConstructorError(None, None, "a mapping was expected", node.start_mark)
         mapping = _Located()
         mapping.line = node.start_mark.line + 1
         mapping.key_lines = {}
         for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                raise _Refused(
+                    None, None, "a merge key (<<) is not read", key_node.start_mark,
+                    "write the keys out in each image (an alias such as *args still works); "
+                    "settings every image shares can be the action's inputs, every image's defaults",
+                )  # fmt: skip
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, str):
                 raise yaml.MarkedYAMLError(
@@ -98,8 +119,32 @@ class _Loader(yaml.SafeLoader):
             mapping.key_lines[key] = key_node.start_mark.line + 1
         return mapping
 
+    def read_text(self, node: yaml.ScalarNode) -> str:
+        return self.construct_scalar(node)
 
+    def read_list(self, node: yaml.SequenceNode) -> list[Any]:
+        return self.construct_sequence(node)
+
+    def refuse_tag(self, node: yaml.Node) -> NoReturn:
+        # Standard types (!!int, !!bool, !!timestamp) would bring back the typed values this
+        # loader exists to avoid, and anything else (!!python/object/apply) runs code.
+        tag = str(node.tag)
+        shown = "!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag
+        raise _Refused(
+            None, None, f"the tag '{shown}' is not read", node.start_mark,
+            "remove it: every value is read as the text written, so none needs a tag or quotes",
+        )  # fmt: skip
+
+
+# `<<` keeps its merge tag only so that construct_mapping can refuse it by name; anywhere but
+# a key (`tags: [<<]`) it is the text written.
+_Loader.add_implicit_resolver(_MERGE_TAG, re.compile(r"^<<$"), ["<"])
+_Loader.add_constructor(_MERGE_TAG, _Loader.read_text)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG, _Loader.read_text)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _Loader.read_list)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
+# Without this, the base loader reads any other tag as text; refusing names the line instead.
+_Loader.add_constructor(None, _Loader.refuse_tag)
 
 
 def read_config(path: Path, shown: str) -> tuple[ImageEntry, ...]:
@@ -153,8 +198,12 @@ def _load(path: Path, shown: str) -> Any:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {shown}: {exc}", "check the 'config' input") from exc
+    loader = _Loader(text)
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return loader.get_single_data()
+    except _Refused as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+        raise InputError(f"{shown} line {line}: {exc.problem}", exc.note or "fix the YAML") from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" line {mark.line + 1}" if mark else ""
@@ -164,6 +213,8 @@ def _load(path: Path, shown: str) -> Any:
         ) from exc
     except yaml.YAMLError as exc:
         raise InputError(f"{shown} is not valid YAML: {exc}", "fix the YAML") from exc
+    finally:
+        loader.dispose()
 
 
 def _entry(item: Any, number: int, shown: str, list_line: int) -> ImageEntry:
@@ -202,38 +253,45 @@ def _entry(item: Any, number: int, shown: str, list_line: int) -> ImageEntry:
     return ImageEntry(name=name, raw=raw, line=item.line, lines=dict(item.key_lines))
 
 
-def _text(value: Any, key: str, shown: str, line: int) -> str:
+def _text(value: str | list[Any] | _Located, key: str, shown: str, line: int) -> str:
     """A value as the raw text of the input of the same name: mappings as KEY=VALUE lines
-    (build-args, secrets), lists as lines (tags), scalars as written."""
+    (build-args, secrets), lists as lines (tags), text as written. The loader makes every
+    scalar text, so nothing is converted: `3.10` reaches the build as 3.10."""
     if isinstance(value, _Located):
         if key not in MERGED_KEYS:
             raise InputError(f"{shown} line {line}: '{key}' is a mapping", f"give '{key}' one value")
         pairs = []
         for name, item in value.items():
-            if isinstance(item, (dict, list)) or item is None:
+            if not isinstance(item, str):
                 raise InputError(
                     f"{shown} line {value.key_lines[name]}: '{key}' gives {name} no single value",
                     f"write {name}: followed by one value",
                 )
-            pairs.append(f"{name}={_scalar(item)}")
+            pairs.append(f"{name}={_one_line(item, key, shown, value.key_lines[name])}")
         return "\n".join(pairs)
     if isinstance(value, list):
         if key != "tags" and key not in MERGED_KEYS:
             raise InputError(f"{shown} line {line}: '{key}' is a list", f"give '{key}' one value")
-        if any(isinstance(item, (dict, list)) for item in value):
+        if not all(isinstance(item, str) for item in value):
             raise InputError(f"{shown} line {line}: '{key}' holds a nested list or mapping",
                              "give one value per list item")  # fmt: skip
-        return "\n".join(_scalar(item) for item in value)
-    if value is None:
+        return "\n".join(_one_line(item, key, shown, line) for item in value)
+    if not value.strip():
+        # An empty key would mean neither the input nor the documented default (an empty
+        # `platform` is linux/amd64, not the platform input): leaving the key out says which.
         raise InputError(f"{shown} line {line}: '{key}' has no value", f"give '{key}' a value or remove it")
-    return _scalar(value)
+    return value
 
 
-def _scalar(value: Any) -> str:
-    # YAML reads `true` and `1.0` as bool and float; the inputs they stand for are text.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def _one_line(item: str, key: str, shown: str, line: int) -> str:
+    # The input's text is one entry a line: a value of two lines would become two tags, or
+    # smuggle a second build arg in (`"x\nPROXY=y"`).
+    if len(item.splitlines()) > 1:
+        raise InputError(
+            f"{shown} line {line}: '{key}' has a value of several lines",
+            "give each value on one line",
+        )
+    return item
 
 
 def merged(defaults: str, own: str) -> str:

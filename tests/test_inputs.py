@@ -221,7 +221,8 @@ NESTED = "images:\n  - name: x\n    dockerfile: Dockerfile\n    build-args: [1, 
         ("images:\n  - name: Orders!\n    dockerfile: Dockerfile\n", {},
          "line 2: image 1 has the name 'Orders!'"),
         (NESTED, {}, "'build-args' holds a nested list or mapping"),
-        ("images:\n  - !!python/object:os.system {}\n", {}, "is not valid YAML"),
+        ("images:\n  - !!python/object:os.system {}\n", {},
+         "lambdas.yml line 2: the tag '!!python/object:os.system' is not read"),
         (GOOD_CONFIG, {"parallel": "0"}, "input 'parallel' is '0'"),
         (GOOD_CONFIG, {"config": "nothere.yml"}, "config file 'nothere.yml' does not exist"),
     ],
@@ -254,6 +255,118 @@ def test_a_config_gives_each_image_its_inputs_over_the_defaults(services: Path) 
     assert (orders.smoke_timeout, billing.smoke_timeout) == (30.0, 12.0)
     assert orders.smoke_memory == billing.smoke_memory == 1024
     assert orders.env == billing.env == "prod"
+
+
+def _one_image(keys: str) -> str:
+    return "images:\n  - name: orders\n    dockerfile: services/orders/Dockerfile\n" + keys
+
+
+# (as written in the file, the text that must reach the build). Unquoted, YAML 1.1 reads each
+# as something else: 3.10 and 1.10 as 3.1 and 1.1, 0755 and 010 as octal 493 and 8, 12:30 as
+# sexagesimal 750, on/no/true as booleans, ~ and null as null, 1e3 and .inf as floats, 0x1F
+# as 31, 2026-01-01 as a date.
+WRITTEN_AS_TEXT = [
+    ("3.10", "3.10"),
+    ('"3.10"', "3.10"),
+    ("0755", "0755"),
+    ('"0755"', "0755"),
+    ("12:30", "12:30"),
+    ('"12:30"', "12:30"),
+    ("on", "on"),
+    ('"on"', "on"),
+    ("no", "no"),
+    ('"no"', "no"),
+    ("1e3", "1e3"),
+    ('"1e3"', "1e3"),
+    ("~", "~"),
+    ('"~"', "~"),
+    ("010", "010"),
+    ('"010"', "010"),
+    ("1.10", "1.10"),
+    ('"1.10"', "1.10"),
+    ("true", "true"),
+    ('"true"', "true"),
+    ("null", "null"),
+    ('"null"', "null"),
+    ("0x1F", "0x1F"),
+    ('"0x1F"', "0x1F"),
+    (".inf", ".inf"),
+    ('".inf"', ".inf"),
+    ("2026-01-01", "2026-01-01"),
+    ('"2026-01-01"', "2026-01-01"),
+]
+NOT_IMAGE_TAGS = ("12:30", "~", ".inf")
+
+
+@pytest.mark.parametrize(("written", "text"), WRITTEN_AS_TEXT)
+def test_a_build_arg_reaches_the_build_as_written(services: Path, written: str, text: str) -> None:
+    config = _one_image(f"    build-args:\n      PYTHON_VERSION: {written}\n")
+    ((_, orders),) = parse_release(_release(services, config), services).images
+    assert orders.build_args == (("PYTHON_VERSION", text),)
+
+
+@pytest.mark.parametrize(("written", "text"), WRITTEN_AS_TEXT)
+def test_a_tag_reaches_the_tag_parser_as_written(services: Path, written: str, text: str) -> None:
+    config = _one_image(f"    tags: [{written}, stable]\n")
+    raw = _release(services, config)
+    if text in NOT_IMAGE_TAGS:
+        # Not tags Docker takes; the refusal quotes the value as written, not 750, None or inf.
+        with pytest.raises(InputError) as raised:
+            parse_release(raw, services)
+        assert f"line 4, image 'orders': 'tags' has '{text}', which is not a valid" in raised.value.line()
+    else:
+        ((_, orders),) = parse_release(raw, services).images
+        assert orders.extra_tags == (text, "stable")
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ("    build-args: !!str 3.10\n", "'build-args' line 1 is not KEY=VALUE"),  # text: allowed
+        ("    smoke-timeout: !!int 12\n", "line 4: the tag '!!int' is not read"),
+        ("    build-args: {A: !!float 3.10}\n", "line 4: the tag '!!float' is not read"),
+        ("    tags: [!!bool on]\n", "line 4: the tag '!!bool' is not read"),
+        ("    tags: [!!timestamp 2026-01-01]\n", "line 4: the tag '!!timestamp' is not read"),
+        ("    build-args:\n      A: 1\n      B: !!binary aGk=\n", "line 6: the tag '!!binary' is not read"),
+        ("    build-args: !!set {A: 1}\n", "line 4: the tag '!!set' is not read"),
+        ("    platform: !local linux/arm64\n", "line 4: the tag '!local' is not read"),
+        ("    platform: !!map linux/arm64\n", "line 4 is not valid YAML: a mapping was expected"),
+        ("    build-args: &args {A: 1}\n    secrets: {<<: *args}\n", "line 5: a merge key (<<) is not read"),
+        ("    <<: {platform: linux/arm64}\n", "line 4: a merge key (<<) is not read"),
+        ('    build-args: {"<<": x}\n', "'build-args' line 1 is not KEY=VALUE"),  # quoted: a key
+        ("    tags: [<<]\n", "'tags' has '<<', which is not a valid image tag"),  # a value: text
+        ("    context:\n", "line 4: 'context' has no value"),
+        ('    context: ""\n', "line 4: 'context' has no value"),
+        ("    tags:\n", "line 4: 'tags' has no value"),
+        ('    build-args: {A: "x\\nPROXY=y"}\n', "line 4: 'build-args' has a value of several lines"),
+        ("    tags:\n      - |\n        a\n        b\n", "line 4: 'tags' has a value of several lines"),
+    ],
+)  # fmt: skip
+def test_tags_merge_keys_and_empty_values_in_a_config(services: Path, keys: str, expected: str) -> None:
+    with pytest.raises(InputError) as raised:
+        parse_release(_release(services, _one_image(keys)), services)
+    assert expected in raised.value.line()
+
+
+def test_keys_and_empty_entries_are_text_too(services: Path) -> None:
+    config = _one_image("    build-args: {ON: yes, NO: , Y: 1.0}\n    tags: []\n    smoke-timeout: 1e1\n")
+    ((_, orders),) = parse_release(_release(services, config, tags="v1"), services).images
+    assert orders.build_args == (("ON", "yes"), ("NO", ""), ("Y", "1.0"))
+    assert orders.extra_tags == ()
+    assert orders.smoke_timeout == 10.0  # the inputs parser reads the number from the text
+    named = parse_release(_release(services, config.replace("name: orders", "name: 0755")), services)
+    assert [name for name, _ in named.images] == ["0755"]
+
+
+def test_a_python_tag_is_refused_and_nothing_runs(services: Path) -> None:
+    marker = services / "ran"
+    config = _one_image(f'    build-args: !!python/object/apply:os.system ["touch {marker}"]\n')
+    with pytest.raises(InputError) as raised:
+        parse_release(_release(services, config), services)
+    assert raised.value.line().startswith(
+        "lambdas.yml line 4: the tag '!!python/object/apply:os.system' is not read. Fix: remove it"
+    )
+    assert not marker.exists()
 
 
 def test_without_config_one_image_and_parallel_sized_to_the_machine(workspace: Path) -> None:
