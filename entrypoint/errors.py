@@ -52,15 +52,23 @@ class RegistryError(ActionError):
 
     `temporary`: a network failure or a 5xx/429 that a later try may not meet. `status` and
     `codes`: the HTTP status and the registry's error codes (OCI `errors[].code`), when it
-    answered."""
+    answered. `retry_after`: the seconds a 429 or 503 asked the caller to wait, if any."""
 
     def __init__(
-        self, cause: str, fix: str, *, temporary: bool = False, status: int = 0, codes: tuple[str, ...] = ()
+        self,
+        cause: str,
+        fix: str,
+        *,
+        temporary: bool = False,
+        status: int = 0,
+        codes: tuple[str, ...] = (),
+        retry_after: float = 0.0,
     ) -> None:
         super().__init__(cause, fix)
         self.temporary = temporary
         self.status = status
         self.codes = codes
+        self.retry_after = retry_after
 
 
 class PushRejectedError(RegistryError):

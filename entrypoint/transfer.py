@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from entrypoint import github
 from entrypoint.errors import RegistryError
 from entrypoint.reference import DIGEST_RE
+from entrypoint.transport import RETRY_BUDGET_S
 
 if TYPE_CHECKING:
     from entrypoint.registry import Manifest, RegistryClient
@@ -119,6 +120,9 @@ def _stream(route: Route, blob: Blob, opened: str | None) -> None:
             github.warning(
                 f"copying {blob.what} failed ({exc.cause}); sending it again ({attempt + 1}/{UPLOAD_TRIES})"
             )
+            if exc.retry_after:
+                # Bounded: a registry's wish is honoured up to the transport's own budget.
+                time.sleep(min(exc.retry_after, RETRY_BUDGET_S))
             continue
         took = time.monotonic() - started
         github.info(f"  copied {blob.what} {blob.digest[:19]} ({blob.size / 1e6:.1f} MB, {took:.1f} s)")

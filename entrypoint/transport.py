@@ -7,6 +7,7 @@ its `remote` package over `transport`.
 
 from __future__ import annotations
 
+import email.utils
 import os
 import re
 import time
@@ -63,7 +64,27 @@ class CredentialScope:
 
 
 class _Temporary(Exception):
-    """A failure worth another try: connection refused, timeout, 429, 5xx."""
+    """A failure worth another try: connection refused, timeout, 429, 5xx. `retry_after`: the
+    seconds the registry asked for (`Retry-After`), 0 when it named none."""
+
+    def __init__(self, what: str, retry_after: float = 0.0) -> None:
+        super().__init__(what)
+        self.retry_after = retry_after
+
+
+def retry_after(response: requests.Response) -> float:
+    """The wait a 429 or 503 asks for (RFC 9110 `Retry-After`: seconds, or an HTTP date);
+    0 when it names none or something unreadable."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return 0.0
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return max(0.0, when.timestamp() - time.time())
 
 
 class Transport:
@@ -110,6 +131,7 @@ class Transport:
                     f"registry {self.host} failed while trying to {what}: {exc}",
                     f"check that the registry host '{self.host}' is reachable from this runner, then rerun",
                     temporary=True,
+                    retry_after=exc.retry_after,
                 ) from exc
         deadline = time.monotonic() + self._budget_s
         delay = 0.5
@@ -119,15 +141,29 @@ class Transport:
             try:
                 return self._authorized(method, path, **kwargs)
             except _Temporary as exc:
-                if time.monotonic() + delay >= deadline:
-                    raise RegistryError(
-                        f"registry {self.host} is unreachable while trying to {what}: {exc} "
-                        f"({attempts} tries in {self._budget_s:.0f} s)",
-                        f"check that the registry host '{self.host}' is right and reachable from "
-                        "this runner (VPC endpoint, proxy, firewall), then rerun",
-                    ) from exc
-                self._sleep(delay)
+                # The registry's own word on when to come back wins over our backoff; a wait
+                # longer than the budget left is not sat out, it is reported.
+                wait = max(delay, exc.retry_after)
+                if time.monotonic() + wait >= deadline:
+                    raise self._gave_up(what, exc, attempts) from exc
+                self._sleep(wait)
                 delay = min(delay * 2, 4.0)
+
+    def _gave_up(self, what: str, exc: _Temporary, attempts: int) -> RegistryError:
+        if exc.retry_after:
+            return RegistryError(
+                f"registry {self.host} is throttling requests to {what}: {exc}, and asked to "
+                f"retry after {exc.retry_after:.0f} s, past the {self._budget_s:.0f} s this "
+                f"step waits ({attempts} tries)",
+                "rerun later; if it keeps happening, spread the deploys out or ask AWS for a "
+                "higher ECR API rate quota (Service Quotas)",
+            )
+        return RegistryError(
+            f"registry {self.host} is unreachable while trying to {what}: {exc} "
+            f"({attempts} tries in {self._budget_s:.0f} s)",
+            f"check that the registry host '{self.host}' is right and reachable from "
+            "this runner (VPC endpoint, proxy, firewall), then rerun",
+        )
 
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = dict(kwargs.pop("headers", {}))
@@ -161,7 +197,8 @@ class Transport:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _Temporary(short_error(exc)) from exc
         if response.status_code == 429 or response.status_code >= 500:
-            raise _Temporary(f"HTTP {response.status_code} {response.text[:200]}")
+            wait = retry_after(response) if response.status_code in (429, 503) else 0.0
+            raise _Temporary(f"HTTP {response.status_code} {response.text[:200]}", wait)
         return response
 
     def _authorized(self, method: str, path: str, **kwargs: Any) -> requests.Response:

@@ -103,7 +103,7 @@ def test_a_stalled_upload_is_flagged_and_completes_when_the_registry_recovers(
     assert warnings, run.log + "\n".join(proxy.log)
     assert "for 20 s at layer" in warnings[0] and "asking the engine again (2/3)" in warnings[0]
     # The engine keeps its upload in flight (a new push joins it), so the push completes
-    # once the registry reads again, 45 s in, well inside the 75 s budget.
+    # once the registry reads again, 45 s in, within the second try's 20 s stall limit.
     assert took < 75
     _consistent(registry, repo, big_app.head, run.outputs["digest"])
 
@@ -269,3 +269,36 @@ def test_verify_rides_out_a_burst_of_503(
     assert run.code == 0, run.log
     assert run.outputs == {"checked": "1"}
     assert sum("-> 503 (fault)" in line for line in proxy.log) == 3
+
+
+def test_a_registry_asking_to_retry_after_n_seconds_is_waited_out_within_the_budget(
+    app: Workspace, registry: Registry, ecr_repository: MakeRepository,
+    aws_env: dict[str, str], tmp_path: Path, proxy: FaultProxy,
+) -> None:  # fmt: skip
+    repo = ecr_repository()
+    published = publish_in(app.path, registry.host, tmp_path, repository=repo)
+    assert published.code == 0, published.log
+    uri = f"{proxy.host}/{repo}@{published.outputs['digest']}"
+    verify = ["verify", "--region", REGION, "--registry", proxy.host, "--image-uris", uri]
+
+    # Throttled twice with Retry-After: 3, longer than the backoff's own 0.5 s and 1 s.
+    proxy.add(Fault("429", path="/v2/", times=2, seconds=3))
+    run = run_entrypoint(verify, cwd=tmp_path, tmp=tmp_path)
+    assert run.code == 0, run.log
+    assert run.outputs == {"checked": "1"}
+    stamps = proxy.stamps
+    throttled = [n for n, (_, line) in enumerate(stamps) if line.endswith("-> 429 (fault)")]
+    assert len(throttled) == 2, proxy.log
+    for n in throttled:
+        assert stamps[n + 1][0] - stamps[n][0] >= 3.0, proxy.log
+
+    # A wait longer than the step's retry budget is not sat out: one line says so at once.
+    proxy.clear()
+    proxy.add(Fault("503", path="/v2/", times=0, seconds=120))
+    refused = run_entrypoint(verify, cwd=tmp_path, tmp=tmp_path)
+    assert refused.code == 1, refused.log
+    [line] = refused.error_lines()
+    assert f"registry {proxy.host} is throttling requests" in line, line
+    assert "asked to retry after 120 s, past the 20 s this step waits" in line, line
+    assert "Fix: rerun later" in line and "Traceback" not in refused.log
+    assert refused.seconds < 30, refused.seconds

@@ -4,9 +4,11 @@ Requests pass through unchanged, one upstream connection each, until a rule matc
 the proxy answers 503 itself (a burst), resets the connection after part of the request
 body has arrived (a reset mid-upload), hands the registry that part as a whole request and
 then resets (a "cut": a reset after which the registry keeps what arrived, as registries that
-store chunks do), stops reading the body for a while (a stall), or holds the answer back (a
-slow registry). The Docker engine pushes through it as it would
-through any registry on 127.0.0.1.
+store chunks do), stops reading the body for a while (a stall), holds the answer back (a
+slow registry), or answers 429 with a `Retry-After` (a throttling registry). With `rate` set,
+every body in either direction shares one link of that many bytes per second: a slow office
+line or VPN. The Docker engine pushes through it as it would through any registry on
+127.0.0.1.
 
     with FaultProxy(registry.host) as proxy:
         proxy.add(Fault("reset", method="PATCH", path="/blobs/uploads/", after_bytes=1 << 20))
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-Kind = Literal["503", "reset", "cut", "stall", "slow"]
+Kind = Literal["503", "429", "reset", "cut", "stall", "slow"]
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
@@ -42,7 +44,7 @@ class Fault:
     path: str = ""  # a substring of the request path
     times: int = 1  # how many matching requests it hits; 0: every one
     after_bytes: int = 0  # reset / stall: once this much of the body has passed
-    seconds: float = 0.0  # stall / slow: how long
+    seconds: float = 0.0  # stall / slow: how long; 429 / 503: the Retry-After it sends (0: none)
     hits: int = field(default=0)
 
     def matches(self, method: str, path: str) -> bool:
@@ -50,11 +52,33 @@ class Fault:
         return live and (not self.method or method == self.method) and self.path in path
 
 
+class _Link:
+    """One shared line of `rate` bytes per second: every body, both ways, waits its turn, so
+    concurrent layer uploads share the bandwidth as they would on a real link."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    def carry(self, size: int) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            start = max(time.monotonic(), self._free_at)
+            self._free_at = start + size / self.rate
+            done = self._free_at
+        time.sleep(max(0.0, done - time.monotonic()))
+
+
 class FaultProxy:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, rate: int = 0) -> None:
         self.upstream = upstream
         self.faults: list[Fault] = []
         self.log: list[str] = []  # "METHOD path -> status|fault"
+        self.stamps: list[tuple[float, str]] = []  # (time.monotonic(), the log line)
+        self.body_bytes = 0  # request body bytes passed to the registry
+        self._link = _Link(rate)
         self._lock = threading.Lock()
         outer = self
 
@@ -73,6 +97,11 @@ class FaultProxy:
         self._server.daemon_threads = True
         self.host = f"127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _note(self, line: str) -> None:
+        with self._lock:
+            self.log.append(line)
+            self.stamps.append((time.monotonic(), line))
 
     def add(self, fault: Fault) -> Fault:
         with self._lock:
@@ -118,7 +147,7 @@ class FaultProxy:
             status = upstream.getresponse().status
         finally:
             upstream.close()
-        self.log.append(
+        self._note(
             f"{handler.command} {handler.path} -> cut after {len(kept)} B, registry said {status} (fault)"
         )
         handler.close_connection = True
@@ -127,12 +156,15 @@ class FaultProxy:
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         method, path = handler.command, handler.path
         fault = self._take(method, path)
-        if fault and fault.kind == "503":
-            self.log.append(f"{method} {path} -> 503 (fault)")
-            body = b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}'
-            handler.send_response(503)
+        if fault and fault.kind in ("503", "429"):
+            self._note(f"{method} {path} -> {fault.kind} (fault)")
+            code = "UNAVAILABLE" if fault.kind == "503" else "TOOMANYREQUESTS"
+            body = b'{"errors":[{"code":"%s","message":"injected fault"}]}' % code.encode()
+            handler.send_response(int(fault.kind))
             handler.send_header("Content-Type", "application/json")
             handler.send_header("Content-Length", str(len(body)))
+            if fault.seconds:
+                handler.send_header("Retry-After", f"{fault.seconds:.0f}")
             # The request body (if any) was not read: the connection cannot carry another.
             handler.send_header("Connection", "close")
             handler.close_connection = True
@@ -164,23 +196,26 @@ class FaultProxy:
                     with self._lock:
                         fault.hits += 1
                     if fault.kind == "reset":
-                        self.log.append(f"{method} {path} -> reset after {sent} bytes (fault)")
+                        self._note(f"{method} {path} -> reset after {sent} bytes (fault)")
                         handler.close_connection = True
                         _reset(handler.connection)
                         return
-                    self.log.append(
+                    self._note(
                         f"{method} {path} -> stalled {fault.seconds:.0f} s after {sent} bytes (fault)"
                     )
                     time.sleep(fault.seconds)
                     fault = None
+                self._link.carry(len(data))
                 upstream.send(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
                 sent += len(data)
+                with self._lock:
+                    self.body_bytes += len(data)
             if chunked:
                 upstream.send(b"0\r\n\r\n")
             response = upstream.getresponse()
             if fault and fault.kind == "slow":
                 time.sleep(fault.seconds)
-            self.log.append(f"{method} {path} -> {response.status}")
+            self._note(f"{method} {path} -> {response.status}")
             handler.send_response_only(response.status, response.reason)
             for name, value in response.getheaders():
                 if name.lower() not in _HOP:
@@ -193,6 +228,7 @@ class FaultProxy:
             if method == "HEAD":
                 return
             while data := response.read(1 << 16):
+                self._link.carry(len(data))
                 handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if streamed else data)
             if streamed:
                 handler.wfile.write(b"0\r\n\r\n")

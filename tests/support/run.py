@@ -72,8 +72,10 @@ def run_entrypoint(
     env: Mapping[str, str] | None = None,
     on_runner: bool = True,
     timeout: float = 600,
+    rss_file: Path | None = None,
 ) -> Run:
-    """`python -m entrypoint ARGS` in a subprocess with runner files in `tmp`."""
+    """`python -m entrypoint ARGS` in a subprocess with runner files in `tmp`; with
+    `rss_file`, its peak resident memory (kB) is written there (tests.support.rss)."""
     output = tmp / "github_output"
     summary = tmp / "step_summary"
     for path in (output, summary):
@@ -93,8 +95,9 @@ def run_entrypoint(
     # The test's own variables win, runner files included.
     full_env |= env or {}
     started = time.monotonic()
+    measured = [sys.executable, "-m", "tests.support.rss", str(rss_file), "--"] if rss_file else []
     done = subprocess.run(
-        [sys.executable, "-m", "entrypoint", *args],
+        [*measured, sys.executable, "-m", "entrypoint", *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
