@@ -94,6 +94,9 @@ def check(plan: Plan, engine: Engine, image_id: str) -> None:
         facts = engine.facts(plan.local_image, lambda_checks.WEB_ADAPTER_PATH)
         lambda_checks.require_lambda_compatible(facts, inputs.platform, inputs.invoke_mode)
         github.info(f"  {facts.os}/{facts.architecture}, {facts.size / 1e6:.1f} MB, entrypoint ok")
+        near_limit = lambda_checks.size_warning(facts)
+        if near_limit:
+            github.warning(near_limit)
         notice = lambda_checks.invoke_mode_notice(facts, inputs.invoke_mode)
         if notice:
             github.notice(notice)

@@ -3,11 +3,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer as the engine's history tells it: its uncompressed size and the Dockerfile
+    instruction that made it."""
+
+    size: int
+    made_by: str
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,8 @@ class ImageFacts:
     is_index: bool = False
     index_platforms: tuple[str, ...] = ()
     attestation_manifests: int = 0
+    # The biggest layers first, where the engine's history tells them; empty otherwise.
+    largest_layers: tuple[Layer, ...] = ()
 
 
 def env_of(entries: Iterable[str]) -> dict[str, str]:
@@ -40,3 +52,16 @@ def env_of(entries: Iterable[str]) -> dict[str, str]:
         key, _, value = entry.partition("=")
         env[key] = value
     return env
+
+
+def made_by(created_by: str) -> str:
+    """A history entry's `CreatedBy` as the Dockerfile line a user would recognise: BuildKit
+    writes `RUN |2 A=1 B=2 /bin/sh -c cmd # buildkit`, the classic builder
+    `/bin/sh -c #(nop) COPY ...` or `/bin/sh -c cmd` for a RUN."""
+    text = created_by.removesuffix("# buildkit").strip()
+    text = re.sub(r"^RUN \|\d+(?: \S+=\S*)* ", "RUN ", text)
+    if text.startswith("/bin/sh -c #(nop) "):
+        return text.removeprefix("/bin/sh -c #(nop) ").strip()
+    if text.startswith("/bin/sh -c "):
+        return "RUN " + text.removeprefix("/bin/sh -c ")
+    return text.replace("RUN /bin/sh -c ", "RUN ", 1)

@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 import requests
 import urllib3.exceptions
 
-from entrypoint.errors import CheckError, InputError, RegistryError
+from entrypoint.errors import CheckError, InputError, RegistryError, shown
 from entrypoint.imagefacts import ImageFacts, env_of
 from entrypoint.inputs import parse_invoke_mode
 from entrypoint.registry import (
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 # Lambda's quota is on the uncompressed image, all layers included.
 MAX_IMAGE_BYTES = 10 * 1024**3
+# Past this a warning: one more dependency away from a deploy that Lambda refuses.
+WARN_IMAGE_BYTES = 8 * 1024**3
 # Lambda starts every executable in /opt/extensions as an extension; this is where the
 # Lambda Web Adapter's Dockerfile instructions put it.
 WEB_ADAPTER_PATH = "/opt/extensions/lambda-adapter"
@@ -131,7 +133,7 @@ def check_image(
             "is larger still"
             if facts.size_compressed
             else f"{_gb(facts.size)} uncompressed"
-        )
+        ) + _largest(facts)
         found.append(
             Violation(
                 f"image size must be at most {_gb(MAX_IMAGE_BYTES)} uncompressed",
@@ -254,6 +256,26 @@ def lambda_check_error(reference: str, violations: Iterable[Violation]) -> Check
         + "; ".join(f"({n}) {v.line()}" for n, v in enumerate(found, 1)),
         "; ".join(f"({n}) {v.fix}" for n, v in enumerate(found, 1)),
     )
+
+
+def size_warning(facts: ImageFacts) -> str | None:
+    """A warning for an image that passes Lambda's size limit with little room left."""
+    if not WARN_IMAGE_BYTES < facts.size <= MAX_IMAGE_BYTES:
+        return None
+    return (
+        f"{facts.reference} is {_gb(facts.size)} uncompressed, near Lambda's "
+        f"{_gb(MAX_IMAGE_BYTES)} limit{_largest(facts)}: a multi-stage build or a slimmer base "
+        "keeps the next deploy under it, and a smaller image starts faster"
+    )
+
+
+def _largest(facts: ImageFacts) -> str:
+    if not facts.largest_layers:
+        return ""
+    shown_layers = ", ".join(
+        f"{_gb(layer.size)} from '{shown(layer.made_by, 70)}'" for layer in facts.largest_layers
+    )
+    return f" (largest layers: {shown_layers})"
 
 
 def _gb(size: int) -> str:

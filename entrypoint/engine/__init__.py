@@ -23,7 +23,7 @@ from entrypoint.engine import push
 from entrypoint.engine.endpoint import ENGINE_VARIABLES as ENGINE_VARIABLES
 from entrypoint.engine.endpoint import Endpoint, find_endpoint, first_line
 from entrypoint.errors import EngineError
-from entrypoint.imagefacts import ImageFacts, env_of
+from entrypoint.imagefacts import ImageFacts, Layer, env_of, made_by
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -173,7 +173,22 @@ class Engine:
             cmd=tuple(config.get("Cmd") or ()),
             env=env_of(config.get("Env") or ()),
             has_web_adapter=self.has_file(str(attrs["Id"]), adapter_path),
+            largest_layers=self._largest_layers(reference),
         )
+
+    def _largest_layers(self, reference: str, count: int = 3) -> tuple[Layer, ...]:
+        """The image's biggest layers with the instruction that made each, for a size error
+        to point at; nothing when the engine keeps no history (an imported image)."""
+        try:
+            history: list[dict[str, Any]] = self.client.api.history(reference)
+        except APIError:
+            return ()
+        layers = [
+            Layer(int(step.get("Size") or 0), made_by(str(step.get("CreatedBy") or "")))
+            for step in history
+            if int(step.get("Size") or 0) > 0
+        ]
+        return tuple(sorted(layers, key=lambda layer: layer.size, reverse=True)[:count])
 
     def has_file(self, image_id: str, path: str) -> bool:
         """Look for a file in the image's merged filesystem through a created, never started,
