@@ -253,19 +253,21 @@ def test_promote_resumes_or_resends_a_layer_after_a_reset_mid_copy(
         assert prod.manifest(target, "prod")[0] == digest
 
 
+def _verify_through(proxy: FaultProxy, app: Workspace, registry: Registry, repo: str, tmp: Path) -> list[str]:
+    """The verify command for an image published straight to the registry, read through the proxy."""
+    published = publish_in(app.path, registry.host, tmp, repository=repo)
+    assert published.code == 0, published.log
+    uri = f"{proxy.host}/{repo}@{published.outputs['digest']}"
+    return ["verify", "--region", REGION, "--registry", proxy.host, "--image-uris", uri]
+
+
 def test_verify_rides_out_a_burst_of_503(
     app: Workspace, registry: Registry, ecr_repository: MakeRepository,
     aws_env: dict[str, str], tmp_path: Path, proxy: FaultProxy,
 ) -> None:  # fmt: skip
-    repo = ecr_repository()
-    published = publish_in(app.path, registry.host, tmp_path, repository=repo)
-    assert published.code == 0, published.log
+    verify = _verify_through(proxy, app, registry, ecr_repository(), tmp_path)
     proxy.add(Fault("503", path="/v2/", times=3))
-    run = run_entrypoint(
-        ["verify", "--region", REGION, "--registry", proxy.host,
-         "--image-uris", f"{proxy.host}/{repo}@{published.outputs['digest']}"],
-        cwd=tmp_path, tmp=tmp_path,
-    )  # fmt: skip
+    run = run_entrypoint(verify, cwd=tmp_path, tmp=tmp_path)
     assert run.code == 0, run.log
     assert run.outputs == {"checked": "1"}
     assert sum("-> 503 (fault)" in line for line in proxy.log) == 3
@@ -275,11 +277,7 @@ def test_a_registry_asking_to_retry_after_n_seconds_is_waited_out_within_the_bud
     app: Workspace, registry: Registry, ecr_repository: MakeRepository,
     aws_env: dict[str, str], tmp_path: Path, proxy: FaultProxy,
 ) -> None:  # fmt: skip
-    repo = ecr_repository()
-    published = publish_in(app.path, registry.host, tmp_path, repository=repo)
-    assert published.code == 0, published.log
-    uri = f"{proxy.host}/{repo}@{published.outputs['digest']}"
-    verify = ["verify", "--region", REGION, "--registry", proxy.host, "--image-uris", uri]
+    verify = _verify_through(proxy, app, registry, ecr_repository(), tmp_path)
 
     # Throttled twice with Retry-After: 3, longer than the backoff's own 0.5 s and 1 s.
     proxy.add(Fault("429", path="/v2/", times=2, seconds=3))
