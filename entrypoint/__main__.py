@@ -1,5 +1,5 @@
 import sys
 
-from entrypoint.cli import main
+from entrypoint.commands.cli import main
 
 sys.exit(main(sys.argv[1:]))

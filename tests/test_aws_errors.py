@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-from entrypoint.ecr import aws_error
+from entrypoint.registry.ecr import aws_error
 
 
 def client_error(code: str, message: str = "", status: int = 400) -> ClientError:

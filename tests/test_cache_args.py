@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from entrypoint.buildkit import Builder, BuildRequest, build_command
-from entrypoint.cache import (
+from entrypoint.build.buildkit import Builder, BuildRequest, build_command
+from entrypoint.build.cache import (
     CACHE_MODES,
     CacheMode,
     buildx_version,

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 from docker.utils.build import exclude_paths
 
-from entrypoint.engine import resolve_with_engine
-from entrypoint.fingerprint import (
+from entrypoint.build.fingerprint import (
     TAG_PREFIX,
     Fingerprint,
     base_images,
@@ -24,6 +23,7 @@ from entrypoint.fingerprint import (
     included_paths,
     included_paths_under,
 )
+from entrypoint.engine import resolve_with_engine
 from tests.support.stack import Registry, docker_cli
 
 if TYPE_CHECKING:

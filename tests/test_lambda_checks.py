@@ -8,11 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from entrypoint.engine import Engine
-from entrypoint.errors import CheckError, InputError
-from entrypoint.imagefacts import ImageFacts
-from entrypoint.inputs import parse_invoke_mode
-from entrypoint.lambda_checks import (
+from entrypoint.checks.imagefacts import ImageFacts, facts_from_engine
+from entrypoint.checks.lambda_rules import (
     MAX_IMAGE_BYTES,
     WEB_ADAPTER_PATH,
     FunctionSetting,
@@ -21,8 +18,11 @@ from entrypoint.lambda_checks import (
     invoke_mode_notice,
     require_lambda_compatible,
 )
-from entrypoint.registry import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, RegistryClient
-from entrypoint.transport import CredentialScope, Transport
+from entrypoint.engine import Engine
+from entrypoint.errors import CheckError, InputError
+from entrypoint.inputs import parse_invoke_mode
+from entrypoint.registry.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, RegistryClient
+from entrypoint.registry.transport import CredentialScope, Transport
 from tests.lambda_images import Images
 from tests.support.stack import ECR_PASSWORD, ECR_USER
 
@@ -266,7 +266,7 @@ def test_arm64_image_is_refused_for_amd64(images: Images) -> None:
         files={"hello.txt": "hi\n"},
         platform="linux/arm64",
     )
-    found = Engine(images.client).facts(image, WEB_ADAPTER_PATH)
+    found = facts_from_engine(Engine(images.client), image, WEB_ADAPTER_PATH)
     assert (found.os, found.architecture) == ("linux", "arm64")
     with pytest.raises(
         CheckError, match=r"architecture must be amd64 for linux/amd64 \(Lambda x86_64\): found 'arm64'"
@@ -277,7 +277,7 @@ def test_arm64_image_is_refused_for_amd64(images: Images) -> None:
 
 def test_image_without_entrypoint_or_cmd_is_refused(images: Images) -> None:
     image = images.build("FROM scratch\nCOPY hello.txt /hello.txt\n", files={"hello.txt": "hi\n"})
-    found = Engine(images.client).facts(image, WEB_ADAPTER_PATH)
+    found = facts_from_engine(Engine(images.client), image, WEB_ADAPTER_PATH)
     assert (found.entrypoint, found.cmd, found.has_web_adapter) == ((), (), False)
     with pytest.raises(CheckError, match="ENTRYPOINT or CMD must be set: found neither"):
         require_lambda_compatible(found, "linux/amd64", None)
@@ -293,7 +293,7 @@ def test_engine_finds_the_adapter_and_the_wrong_invoke_mode(
         "ENV AWS_LWA_INVOKE_MODE=buffered\n"
         'CMD ["httpd", "-f", "-p", "8080"]\n'
     )
-    found = Engine(images.client).facts(image, WEB_ADAPTER_PATH)
+    found = facts_from_engine(Engine(images.client), image, WEB_ADAPTER_PATH)
     assert found.media_type is None
     assert not found.size_compressed
     assert found.size > 1024**2
@@ -309,8 +309,8 @@ def test_engine_finds_the_adapter_and_the_wrong_invoke_mode(
     assert images.containers_of(image) == []
 
     removed = images.build(f"FROM {image}\nRUN rm /opt/extensions/lambda-adapter\n")
-    assert Engine(images.client).facts(removed, WEB_ADAPTER_PATH).has_web_adapter is False
-    plain = Engine(images.client).facts(busybox_base, WEB_ADAPTER_PATH)
+    assert facts_from_engine(Engine(images.client), removed, WEB_ADAPTER_PATH).has_web_adapter is False
+    plain = facts_from_engine(Engine(images.client), busybox_base, WEB_ADAPTER_PATH)
     assert plain.has_web_adapter is False
     require_lambda_compatible(plain, "linux/amd64", "response-stream")
 
@@ -334,7 +334,7 @@ def test_registry_facts_read_config_and_layers_without_pulling(
     assert (found.os, found.architecture, found.is_index) == ("linux", "amd64", False)
     assert (found.entrypoint, found.cmd) == (("httpd",), ("-f",))
     assert found.size_compressed
-    assert 0 < found.size < Engine(images.client).facts(image, WEB_ADAPTER_PATH).size
+    assert 0 < found.size < facts_from_engine(Engine(images.client), image, WEB_ADAPTER_PATH).size
     assert found.has_web_adapter is True
     assert check_image(found, "linux/amd64", "response-stream") == []
     assert facts_from_registry(client, "checks/adapter", "v1", find_adapter=False).has_web_adapter is None

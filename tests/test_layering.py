@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from entrypoint.layering import cache_hostile_hint
+from entrypoint.build.layering import cache_hostile_hint
 from tests.support.run import EXAMPLE
 from tests.support.run import publish as publish_in
 

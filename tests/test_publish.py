@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from entrypoint.ecr import RegistryLogin, Repository
+from entrypoint.commands.plan import Plan, Target
+from entrypoint.commands.publish import reduce_to_image_manifest
 from entrypoint.errors import PushRejectedError
 from entrypoint.inputs import parse_publish
-from entrypoint.plan import Plan
-from entrypoint.publish import Target, reduce_to_image_manifest
-from entrypoint.registry import RegistryClient
-from entrypoint.transport import CredentialScope, Transport
+from entrypoint.registry.client import RegistryClient
+from entrypoint.registry.ecr import RegistryLogin, Repository
+from entrypoint.registry.transport import CredentialScope, Transport
 from tests.support.oci import push_index_with_attestation
 from tests.support.run import REGION
 from tests.support.run import publish as publish_in

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import docker.errors
 import pytest
 
-from entrypoint.buildkit import detect_builder
+from entrypoint.build.buildkit import detect_builder
 from tests.support.run import publish as publish_in
 
 if TYPE_CHECKING:

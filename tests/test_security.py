@@ -21,10 +21,10 @@ import docker.errors
 import pytest
 import yaml
 
-from entrypoint.buildkit import Builder, BuilderSettings, builder_settings, create_command
+from entrypoint.build.buildkit import Builder, BuilderSettings, builder_settings, create_command
 from entrypoint.errors import RegistryError
-from entrypoint.registry import RegistryClient
-from entrypoint.transport import CredentialScope, Transport
+from entrypoint.registry.client import RegistryClient
+from entrypoint.registry.transport import CredentialScope, Transport
 from tests.support.act import CHECKOUT, consumer
 from tests.support.fakehttp import FakeHttp, Reply, Request
 from tests.support.run import REGION, REPO_ROOT, Run, read_until, run_entrypoint, start_publish

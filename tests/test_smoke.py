@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from entrypoint.checks.smoke import RIE_PATH, SmokeSpec, smoke_boot
 from entrypoint.engine import Engine
 from entrypoint.errors import CheckError, InputError
 from entrypoint.inputs import parse_smoke
-from entrypoint.smoke import RIE_PATH, SmokeSpec, smoke_boot
 from tests.lambda_images import Images
 from tests.support.run import REGION
 

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from entrypoint.cli import main
+from entrypoint.checks.tfplan import images_in_plan
+from entrypoint.commands.cli import main
 from entrypoint.inputs import VERIFY_INPUTS, parse_verify, read_raw
-from entrypoint.reference import parse_image_uri
-from entrypoint.tfplan import images_in_plan
+from entrypoint.registry.reference import parse_image_uri
 from tests.lambda_images import Images
 from tests.support.act import CHECKOUT, consumer
 from tests.support.oci import push_index_with_attestation

@@ -5,6 +5,9 @@ Builds go through the docker CLI (`buildkit`), because docker-py cannot drive Bu
 everything else the engine does for us is in this package: `endpoint` finds the engine as
 the docker CLI would (a remote one runs the smoke boot on its own host, so its published
 port is reached there), `push` pushes one tag under a watchdog.
+
+May import the ground floor (github, cancel, errors) and a registry login's type; nothing
+above it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from entrypoint.engine import push
 from entrypoint.engine.endpoint import ENGINE_VARIABLES as ENGINE_VARIABLES
 from entrypoint.engine.endpoint import Endpoint, find_endpoint, first_line
 from entrypoint.errors import EngineError
-from entrypoint.imagefacts import ImageFacts, Layer, env_of, made_by
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     import docker
     from docker import DockerClient
 
-    from entrypoint.ecr import RegistryLogin
+    from entrypoint.registry.ecr import RegistryLogin
 
 
 class ContainerError(Exception):
@@ -151,9 +153,8 @@ class Engine:
         qemu = {"amd64": "qemu-x86_64", "arm64": "qemu-aarch64"}[arch]
         return Path("/proc/sys/fs/binfmt_misc", qemu).exists()
 
-    def facts(self, reference: str, adapter_path: str) -> ImageFacts:
-        """Facts of an image in the engine: its config, its uncompressed size, and whether it
-        holds the file at `adapter_path` (the Lambda Web Adapter)."""
+    def inspect_image(self, reference: str) -> dict[str, Any]:
+        """The engine's record of an image (config, size, id), for the checks to read."""
         try:
             attrs: dict[str, Any] = self.client.api.inspect_image(reference)
         except ImageNotFound as exc:
@@ -161,34 +162,16 @@ class Engine:
                 f"the engine has no image '{reference}' after the build",
                 "check that the build loads its result into the engine (--load)",
             ) from exc
-        config = attrs.get("Config") or {}
-        return ImageFacts(
-            reference=reference,
-            media_type=None,
-            os=attrs.get("Os", ""),
-            architecture=attrs.get("Architecture", ""),
-            size=int(attrs.get("Size", 0)),
-            size_compressed=False,
-            entrypoint=tuple(config.get("Entrypoint") or ()),
-            cmd=tuple(config.get("Cmd") or ()),
-            env=env_of(config.get("Env") or ()),
-            has_web_adapter=self.has_file(str(attrs["Id"]), adapter_path),
-            largest_layers=self._largest_layers(reference),
-        )
+        return attrs
 
-    def _largest_layers(self, reference: str, count: int = 3) -> tuple[Layer, ...]:
-        """The image's biggest layers with the instruction that made each, for a size error
-        to point at; nothing when the engine keeps no history (an imported image)."""
+    def history(self, reference: str) -> list[dict[str, Any]]:
+        """The image's layers as the engine's history lists them (size, the instruction that
+        made each); empty when the engine keeps none (an imported image)."""
         try:
-            history: list[dict[str, Any]] = self.client.api.history(reference)
+            steps: list[dict[str, Any]] = self.client.api.history(reference)
         except APIError:
-            return ()
-        layers = [
-            Layer(int(step.get("Size") or 0), made_by(str(step.get("CreatedBy") or "")))
-            for step in history
-            if int(step.get("Size") or 0) > 0
-        ]
-        return tuple(sorted(layers, key=lambda layer: layer.size, reverse=True)[:count])
+            return []
+        return steps
 
     def has_file(self, image_id: str, path: str) -> bool:
         """Look for a file in the image's merged filesystem through a created, never started,

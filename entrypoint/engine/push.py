@@ -16,8 +16,8 @@ from entrypoint.engine.endpoint import first_line
 from entrypoint.errors import PushRejectedError, RegistryError, push_rejection_fix
 
 if TYPE_CHECKING:
-    from entrypoint.ecr import RegistryLogin
     from entrypoint.engine.endpoint import Endpoint
+    from entrypoint.registry.ecr import RegistryLogin
 
 # A push with no progress for this long is stopped and tried again. There is no bound on
 # the whole push: its length grows with the image and shrinks with the link, so only "no

@@ -8,15 +8,18 @@ system it is told to look at.
 
 `common` holds what the actions share (patterns, the environment, region, registry,
 repository, platform and tag parsers); `publish` the publish action's inputs, a `config`
-file's images included; `promote` and `verify` the other actions'.
+file's images (read by `config`) included; `promote` and `verify` the other actions'.
+
+May import build, checks and registry for the value types they define (cache modes, smoke
+specs, references) and the ground floor; never a command.
 """
 
+from entrypoint.checks.lambda_rules import parse_invoke_mode
 from entrypoint.inputs.common import (
     DEFAULT_PLATFORM,
     PLATFORMS,
     SHA_RE,
     parse_cache_mode,
-    parse_invoke_mode,
     parse_smoke,
     path_in,
     read_raw,

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 from actions_toolkit import core
 
-from entrypoint.cache import CACHE_MODES, DEFAULT_CACHE_MODE, CacheMode
+from entrypoint.build.cache import CACHE_MODES, DEFAULT_CACHE_MODE, CacheMode
+from entrypoint.checks.smoke import DEFAULT_PORT, HTTP_RE, SMOKE_FORMS, SmokeSpec
 from entrypoint.errors import InputError
-from entrypoint.reference import REGISTRY_RE, REPOSITORY_RE, TAG_RE
-from entrypoint.smoke import DEFAULT_PORT, HTTP_RE, SMOKE_FORMS, SmokeSpec
+from entrypoint.registry.reference import REGISTRY_RE, REPOSITORY_RE, TAG_RE
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -31,7 +31,6 @@ SECRET_WORDS = re.compile(
     r"(?i)(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|PASS|APIKEY|API_KEY|KEY|CREDENTIALS?|AUTH)(?:_|$)"
 )
 # A function URL's invoke modes, as the inputs spell them.
-INVOKE_MODES = ("buffered", "response-stream")
 # Lambda runs container images on these two architectures only.
 PLATFORMS = ("linux/amd64", "linux/arm64")
 # Tags the action manages itself; a user tag with these prefixes would be overwritten.
@@ -162,21 +161,6 @@ def path_in(workspace: Path, name: str, value: str, *, also: Path | None = None)
             "point inside it too",
         )
     return resolved
-
-
-def parse_invoke_mode(value: str | None, name: str = "invoke-mode") -> str | None:
-    """'buffered' or 'response-stream' (Terraform's BUFFERED / RESPONSE_STREAM too), else None."""
-    text = (value or "").strip()
-    if not text:
-        return None
-    mode = text.lower().replace("_", "-")
-    if mode not in INVOKE_MODES:
-        raise InputError(
-            f"input '{name}' is '{text}', not a Lambda invoke mode",
-            "use response-stream (function URL invoke_mode RESPONSE_STREAM) or buffered, or leave "
-            "it empty to skip the check",
-        )
-    return mode
 
 
 def parse_smoke(value: str, name: str = "smoke") -> SmokeSpec | None:

@@ -15,7 +15,7 @@ from entrypoint.inputs.common import (
     parse_repository,
     require,
 )
-from entrypoint.reference import DIGEST_RE, TAG_RE, ImageUri, parse_image_uri
+from entrypoint.registry.reference import DIGEST_RE, TAG_RE, ImageUri, parse_image_uri
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from entrypoint.cli_env import cli_reads
-from entrypoint.config import MERGED_KEYS, ImageEntry, merged, read_config
+from entrypoint.build.cli_env import cli_reads
+from entrypoint.checks.lambda_rules import parse_invoke_mode
 from entrypoint.errors import InputError
 from entrypoint.inputs.common import (
     BUILD_ARG_RE,
@@ -21,7 +21,6 @@ from entrypoint.inputs.common import (
     parse_cache_mode,
     parse_env,
     parse_extra_tags,
-    parse_invoke_mode,
     parse_platform,
     parse_region,
     parse_registry,
@@ -30,13 +29,14 @@ from entrypoint.inputs.common import (
     path_in,
     require,
 )
+from entrypoint.inputs.config import MERGED_KEYS, ImageEntry, merged, read_config
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-    from entrypoint.cache import CacheMode
-    from entrypoint.smoke import SmokeSpec
+    from entrypoint.build.cache import CacheMode
+    from entrypoint.checks.smoke import SmokeSpec
 
 PUBLISH_INPUTS = (
     "env",

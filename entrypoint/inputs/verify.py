@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from entrypoint.checks.lambda_rules import parse_invoke_mode
 from entrypoint.errors import InputError
 from entrypoint.inputs.common import (
     DEFAULT_PLATFORM,
     PLATFORMS,
-    parse_invoke_mode,
     parse_region,
     parse_registry,
     path_in,

@@ -19,8 +19,8 @@ import requests
 import urllib3
 
 from entrypoint.errors import PushRejectedError, RegistryError, push_rejection_fix, shown
-from entrypoint.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE
-from entrypoint.transport import (
+from entrypoint.registry.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE
+from entrypoint.registry.transport import (
     REQUEST_TIMEOUT_S,
     Transport,
     registry_codes,

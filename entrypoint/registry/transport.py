@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import requests
 
 from entrypoint.errors import RegistryError
-from entrypoint.reference import hostname, is_ecr, is_loopback
+from entrypoint.registry.reference import hostname, is_ecr, is_loopback
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -24,7 +24,7 @@ from collections import ChainMap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from entrypoint import dockerfile_syntax as syntax
+from entrypoint.build import dockerfile_syntax as syntax
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

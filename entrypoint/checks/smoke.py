@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Literal
 import requests
 
 from entrypoint import cancel, github
+from entrypoint.checks.smoke_probe import STATUS, InContainer
 from entrypoint.engine import ContainerError
 from entrypoint.errors import CheckError
-from entrypoint.smoke_probe import STATUS, InContainer
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from entrypoint import github
 from entrypoint.errors import RegistryError
-from entrypoint.reference import DIGEST_RE
-from entrypoint.transport import RETRY_BUDGET_S
+from entrypoint.registry.reference import DIGEST_RE
+from entrypoint.registry.transport import RETRY_BUDGET_S
 
 if TYPE_CHECKING:
-    from entrypoint.registry import Manifest, RegistryClient
+    from entrypoint.registry.client import Manifest, RegistryClient
 
 # A blob whose upload fails on the network is sent again from the start this many times.
 UPLOAD_TRIES = 3

@@ -24,7 +24,7 @@ from botocore.exceptions import (
 )
 
 from entrypoint.errors import AwsError, RepositoryMissingError, shown
-from entrypoint.reference import REGISTRY_RE
+from entrypoint.registry.reference import REGISTRY_RE
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from entrypoint import cancel, github
-from entrypoint.buildlog import LogReader, StepLog, build_failure
+from entrypoint.build.buildlog import LogReader, StepLog, build_failure
 from entrypoint.cancel import Cancelled
 from entrypoint.errors import BuildError, EngineError
 

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from entrypoint import github, lambda_checks, tags, transfer
+from entrypoint import github
+from entrypoint.checks import lambda_rules
+from entrypoint.commands.plan import resolve_commit
+from entrypoint.commands.publish import PublishResult
 from entrypoint.errors import CheckError, RegistryError
-from entrypoint.plan import resolve_commit
-from entrypoint.publish import PublishResult
-from entrypoint.registry import index_entries, index_images, platform_of
-from entrypoint.session import open_session
+from entrypoint.registry import tags, transfer
+from entrypoint.registry.client import index_entries, index_images, platform_of
+from entrypoint.registry.session import open_session
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from entrypoint.inputs import PromoteInputs, RollbackInputs
-    from entrypoint.registry import Manifest, RegistryClient
+    from entrypoint.registry.client import Manifest, RegistryClient
 
 
 def _checked(registry: RegistryClient, repository: str, manifest: Manifest, platform: str | None) -> None:
@@ -43,12 +45,12 @@ def _checked(registry: RegistryClient, repository: str, manifest: Manifest, plat
             "promote the image manifest inside it (the publish action's image-uri output is "
             f"always one): {inside}",
         )
-    facts = lambda_checks.facts_from_registry(
+    facts = lambda_rules.facts_from_registry(
         registry, repository, manifest.digest, platform=platform, find_adapter=False
     )
     own = f"{facts.os}/{facts.architecture}"
-    chosen = platform or (own if own in lambda_checks.LAMBDA_PLATFORMS else "linux/amd64")
-    lambda_checks.require_lambda_compatible(facts, chosen, None)
+    chosen = platform or (own if own in lambda_rules.LAMBDA_PLATFORMS else "linux/amd64")
+    lambda_rules.require_lambda_compatible(facts, chosen, None)
     github.info(f"  {reference}: {own}, {facts.size / 1e6:.1f} MB, passes Lambda's rules")
 
 

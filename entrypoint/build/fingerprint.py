@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from entrypoint import buildcontext, dockerfile
-from entrypoint.buildcontext import included_paths, included_paths_under
+from entrypoint.build import context as buildcontext
+from entrypoint.build import dockerfile
+from entrypoint.build.context import included_paths, included_paths_under
 from entrypoint.errors import InputError
 
 if TYPE_CHECKING:

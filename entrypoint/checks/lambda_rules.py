@@ -21,10 +21,9 @@ from typing import IO, TYPE_CHECKING, Any
 import requests
 import urllib3.exceptions
 
+from entrypoint.checks.imagefacts import ImageFacts, env_of
 from entrypoint.errors import CheckError, InputError, RegistryError, shown
-from entrypoint.imagefacts import ImageFacts, env_of
-from entrypoint.inputs import parse_invoke_mode
-from entrypoint.registry import (
+from entrypoint.registry.client import (
     DOCKER_LIST,
     IMAGE_MANIFESTS,
     OCI_INDEX,
@@ -36,7 +35,7 @@ from entrypoint.registry import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from entrypoint.registry import Manifest, RegistryClient
+    from entrypoint.registry.client import Manifest, RegistryClient
 
 # Lambda's quota is on the uncompressed image, all layers included.
 MAX_IMAGE_BYTES = 10 * 1024**3
@@ -47,6 +46,9 @@ WARN_IMAGE_BYTES = 8 * 1024**3
 WEB_ADAPTER_PATH = "/opt/extensions/lambda-adapter"
 WEB_ADAPTER_ENV = "AWS_LWA_INVOKE_MODE"
 # BuildKit marks provenance and SBOM manifests in an index with this annotation.
+
+# The function URL's invoke modes, as the inputs and the plan spell them.
+INVOKE_MODES = ("buffered", "response-stream")
 
 # platform input -> (architecture in the image config, Lambda's name in `architectures`)
 LAMBDA_PLATFORMS: dict[str, tuple[str, str]] = {
@@ -155,6 +157,21 @@ def check_image(
     if adapter:
         found.append(adapter)
     return found
+
+
+def parse_invoke_mode(value: str | None, name: str = "invoke-mode") -> str | None:
+    """'buffered' or 'response-stream' (Terraform's BUFFERED / RESPONSE_STREAM too), else None."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    mode = text.lower().replace("_", "-")
+    if mode not in INVOKE_MODES:
+        raise InputError(
+            f"input '{name}' is '{text}', not a Lambda invoke mode",
+            "use response-stream (function URL invoke_mode RESPONSE_STREAM) or buffered, or leave "
+            "it empty to skip the check",
+        )
+    return mode
 
 
 def _manifest_violation(facts: ImageFacts) -> Violation | None:

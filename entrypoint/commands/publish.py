@@ -10,22 +10,26 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from entrypoint import build, buildkit, cache, cancel, github, lambda_checks, layering, tags
+from entrypoint import cancel, github
+from entrypoint.build import buildkit, cache, layering
+from entrypoint.build.fingerprint import Fingerprint, compute_fingerprint, included_paths_under
+from entrypoint.checks import lambda_rules
+from entrypoint.commands import image_build
+from entrypoint.commands.plan import Target
 from entrypoint.engine import ENGINE_VARIABLES, Engine, resolve_with_engine
 from entrypoint.errors import InputError, PushRejectedError
-from entrypoint.fingerprint import Fingerprint, compute_fingerprint, included_paths_under
-from entrypoint.reference import is_loopback
-from entrypoint.registry import index_images, platform_of
-from entrypoint.session import Session, open_session
+from entrypoint.registry import tags
+from entrypoint.registry.client import index_images, platform_of
+from entrypoint.registry.reference import is_loopback
+from entrypoint.registry.session import Session, open_session
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from contextlib import AbstractContextManager
 
-    from entrypoint.ecr import RegistryLogin, Repository
+    from entrypoint.commands.plan import Plan
     from entrypoint.inputs import PublishInputs
-    from entrypoint.plan import Plan
-    from entrypoint.registry import Descriptor, Manifest, RegistryClient
+    from entrypoint.registry.client import Manifest
 
 
 @dataclass(frozen=True)
@@ -47,22 +51,6 @@ class PublishResult:
             "registry": self.registry,
             "repository": self.repository,
         }
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where the image goes, known once ECR has answered."""
-
-    login: RegistryLogin
-    registry: RegistryClient
-    repository: Repository
-    current: dict[str, Descriptor | None]
-    # registry-inline: the image whose inline cache covers the most layers (cache.py).
-    anchor: Descriptor | None = None
-
-    @property
-    def place(self) -> tags.Place:
-        return tags.Place(self.registry, self.repository, self.current)
 
 
 @dataclass
@@ -132,9 +120,9 @@ def produce(
         return
     with build_slot:
         cancel.raise_if_requested()  # a cancel while this image waited for its turn
-        built = build.build(plan, target, builders())
+        built = image_build.build(plan, target, builders())
     job.image_id = built.image_id
-    build.check(plan, engine, built.image_id)
+    image_build.check(plan, engine, built.image_id)
     if target is None:
         github.notice(
             f"push is false: built and checked {plan.local_image} ({built.image_id}); nothing was pushed"
@@ -345,10 +333,10 @@ def _push_commit_tag(engine: Engine, plan: Plan, target: Target, image_id: str) 
     if manifest.is_index:
         manifest = reduce_to_image_manifest(plan, target, manifest)
     # What Lambda will read is the pushed manifest, which the engine-side checks cannot see.
-    pushed_facts = lambda_checks.facts_from_registry(
+    pushed_facts = lambda_rules.facts_from_registry(
         target.registry, name, manifest.digest, platform=plan.inputs.platform, find_adapter=False
     )
-    lambda_checks.require_lambda_compatible(pushed_facts, plan.inputs.platform, None)
+    lambda_rules.require_lambda_compatible(pushed_facts, plan.inputs.platform, None)
     github.info(f"  {plan.commit_tag} -> {manifest.digest} ({manifest.media_type})")
     return manifest
 

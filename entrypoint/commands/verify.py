@@ -17,23 +17,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
 from entrypoint import github
-from entrypoint.errors import RegistryError, VerifyError
-from entrypoint.lambda_checks import (
+from entrypoint.checks.lambda_rules import (
     UNKNOWN_FUNCTION,
     FunctionSetting,
     check_image,
     facts_from_registry,
 )
-from entrypoint.reference import parse_image_uri
-from entrypoint.session import Session, open_session
-from entrypoint.tfplan import PlanImages, PlannedImage, images_in_plan, load_plan
+from entrypoint.checks.tfplan import PlanImages, PlannedImage, images_in_plan, load_plan
+from entrypoint.errors import RegistryError, VerifyError
+from entrypoint.registry.reference import parse_image_uri
+from entrypoint.registry.session import Session, open_session
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from entrypoint.imagefacts import ImageFacts
+    from entrypoint.checks.imagefacts import ImageFacts
     from entrypoint.inputs import VerifyInputs
-    from entrypoint.registry import RegistryClient
+    from entrypoint.registry.client import RegistryClient
 
 
 OK = "ok"

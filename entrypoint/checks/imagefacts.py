@@ -1,14 +1,16 @@
 """What the Lambda checks know of one image, whoever read it: the engine after a build
-(`Engine.facts`) or a registry before a deploy (`lambda_checks.facts_from_registry`)."""
+(`facts_from_engine`) or a registry before a deploy (`lambda_rules.facts_from_registry`)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from entrypoint.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -65,3 +67,33 @@ def made_by(created_by: str) -> str:
     if text.startswith("/bin/sh -c "):
         return "RUN " + text.removeprefix("/bin/sh -c ")
     return text.replace("RUN /bin/sh -c ", "RUN ", 1)
+
+
+def facts_from_engine(engine: Engine, reference: str, adapter_path: str) -> ImageFacts:
+    """Facts of an image in the engine: its config, its uncompressed size, its largest layers,
+    and whether it holds the file at `adapter_path` (the Lambda Web Adapter)."""
+    attrs = engine.inspect_image(reference)
+    config = attrs.get("Config") or {}
+    return ImageFacts(
+        reference=reference,
+        media_type=None,
+        os=attrs.get("Os", ""),
+        architecture=attrs.get("Architecture", ""),
+        size=int(attrs.get("Size", 0)),
+        size_compressed=False,
+        entrypoint=tuple(config.get("Entrypoint") or ()),
+        cmd=tuple(config.get("Cmd") or ()),
+        env=env_of(config.get("Env") or ()),
+        has_web_adapter=engine.has_file(str(attrs["Id"]), adapter_path),
+        largest_layers=_largest_layers(engine.history(reference)),
+    )
+
+
+def _largest_layers(history: list[dict[str, Any]], count: int = 3) -> tuple[Layer, ...]:
+    """The biggest layers with the instruction that made each, for a size error to point at."""
+    layers = [
+        Layer(int(step.get("Size") or 0), made_by(str(step.get("CreatedBy") or "")))
+        for step in history
+        if int(step.get("Size") or 0) > 0
+    ]
+    return tuple(sorted(layers, key=lambda layer: layer.size, reverse=True)[:count])

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from entrypoint import github
-from entrypoint.ecr import Ecr, RegistryLogin
-from entrypoint.registry import RegistryClient
-from entrypoint.transport import CredentialScope, Transport
+from entrypoint.registry.client import RegistryClient
+from entrypoint.registry.ecr import Ecr, RegistryLogin
+from entrypoint.registry.transport import CredentialScope, Transport
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,14 @@ from typing import TYPE_CHECKING
 
 from entrypoint.errors import InputError
 from entrypoint.inputs import SHA_RE, PublishInputs
+from entrypoint.registry import tags
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
+
+    from entrypoint.registry.client import Descriptor, RegistryClient
+    from entrypoint.registry.ecr import RegistryLogin, Repository
 
 
 @dataclass(frozen=True)
@@ -113,3 +117,19 @@ def resolve_commit(workspace: Path, environ: Mapping[str, str]) -> str:
 
 def make_plan(inputs: PublishInputs, environ: Mapping[str, str]) -> Plan:
     return Plan(inputs=inputs, commit=resolve_commit(inputs.workspace, environ), registry=inputs.registry)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the image goes, known once ECR has answered."""
+
+    login: RegistryLogin
+    registry: RegistryClient
+    repository: Repository
+    current: dict[str, Descriptor | None]
+    # registry-inline: the image whose inline cache covers the most layers (cache.py).
+    anchor: Descriptor | None = None
+
+    @property
+    def place(self) -> tags.Place:
+        return tags.Place(self.registry, self.repository, self.current)

@@ -28,7 +28,7 @@ from entrypoint.errors import EngineError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from entrypoint.buildkit import Builder
+    from entrypoint.build.buildkit import Builder
 
 CacheMode = Literal["registry-inline", "registry", "gha", "local", "none"]
 CACHE_MODES: tuple[CacheMode, ...] = get_args(CacheMode)

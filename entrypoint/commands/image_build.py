@@ -10,12 +10,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from entrypoint import buildkit, cache, cli_env, github, lambda_checks, smoke
+from entrypoint import github
+from entrypoint.build import buildkit, cache, cli_env
+from entrypoint.checks import imagefacts, lambda_rules, smoke
 
 if TYPE_CHECKING:
+    from entrypoint.commands.plan import Plan, Target
     from entrypoint.engine import Engine
-    from entrypoint.plan import Plan
-    from entrypoint.publish import Target
 
 
 def build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> buildkit.BuildResult:
@@ -91,13 +92,13 @@ def check(plan: Plan, engine: Engine, image_id: str) -> None:
     """Lambda's rules on the built image, then its smoke boot: before anything is pushed."""
     inputs = plan.inputs
     with github.stage("check the image against Lambda's rules"):
-        facts = engine.facts(plan.local_image, lambda_checks.WEB_ADAPTER_PATH)
-        lambda_checks.require_lambda_compatible(facts, inputs.platform, inputs.invoke_mode)
+        facts = imagefacts.facts_from_engine(engine, plan.local_image, lambda_rules.WEB_ADAPTER_PATH)
+        lambda_rules.require_lambda_compatible(facts, inputs.platform, inputs.invoke_mode)
         github.info(f"  {facts.os}/{facts.architecture}, {facts.size / 1e6:.1f} MB, entrypoint ok")
-        near_limit = lambda_checks.size_warning(facts)
+        near_limit = lambda_rules.size_warning(facts)
         if near_limit:
             github.warning(near_limit)
-        notice = lambda_checks.invoke_mode_notice(facts, inputs.invoke_mode)
+        notice = lambda_rules.invoke_mode_notice(facts, inputs.invoke_mode)
         if notice:
             github.notice(notice)
     if inputs.smoke is None:

@@ -11,6 +11,10 @@ import traceback
 from pathlib import Path
 
 from entrypoint import cancel, github
+from entrypoint.commands.promote import promote, rollback
+from entrypoint.commands.publish import summary
+from entrypoint.commands.release import publish_release
+from entrypoint.commands.verify import verify
 from entrypoint.errors import ActionError
 from entrypoint.inputs import (
     PROMOTE_INPUTS,
@@ -23,10 +27,6 @@ from entrypoint.inputs import (
     parse_verify,
     read_raw,
 )
-from entrypoint.promote import promote, rollback
-from entrypoint.publish import summary
-from entrypoint.release import publish_release
-from entrypoint.verify import verify
 
 # (command, what it does, its inputs, what --workspace is for)
 _COMMANDS = (

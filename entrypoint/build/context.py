@@ -18,7 +18,7 @@ from docker.utils.fnmatch import translate
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
-    from entrypoint.dockerfile import Source
+    from entrypoint.build.dockerfile import Source
 
 _WILDCARD = re.compile(r"[*?\[]")  # fsutil's containsWildcards (backslashes are refused earlier)
 _MAX_LINKS = 255  # symlinks followed for one source before calling it a loop

@@ -21,18 +21,21 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from entrypoint import buildkit, github, publish, tags
+from entrypoint import github
+from entrypoint.build import buildkit
+from entrypoint.commands import publish
+from entrypoint.commands.plan import Plan, resolve_commit
 from entrypoint.errors import ActionError
-from entrypoint.plan import Plan, resolve_commit
+from entrypoint.registry import tags
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
-    from entrypoint import cache
+    from entrypoint.build import cache
+    from entrypoint.commands.publish import Job, PublishResult
     from entrypoint.engine import Engine
     from entrypoint.inputs import ReleaseInputs
-    from entrypoint.publish import Job, PublishResult
-    from entrypoint.session import Session
+    from entrypoint.registry.session import Session
 
 # Registry look-ups and tag moves are network round trips; this many images at once.
 NETWORK_WORKERS = 8

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from entrypoint.dockerfile import instructions as dockerfile_instructions
+from entrypoint.build.dockerfile import instructions as dockerfile_instructions
 
 # Dependency installs, and the files that decide what they install.
 _INSTALLS: tuple[tuple[re.Pattern[str], str], ...] = (

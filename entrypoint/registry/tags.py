@@ -23,8 +23,8 @@ from entrypoint.errors import IMMUTABLE_TAGS_FIX, PushRejectedError, RegistryErr
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from entrypoint.ecr import Repository
-    from entrypoint.registry import Descriptor, Manifest, RegistryClient
+    from entrypoint.registry.client import Descriptor, Manifest, RegistryClient
+    from entrypoint.registry.ecr import Repository
 
 HISTORY_PREFIX = "history-"
 _STAMP = "%Y%m%d-%H%M%S-%f"

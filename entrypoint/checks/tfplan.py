@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from entrypoint.checks.lambda_rules import WEB_ADAPTER_ENV, FunctionSetting
 from entrypoint.errors import InputError, shown
-from entrypoint.lambda_checks import WEB_ADAPTER_ENV, FunctionSetting
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
