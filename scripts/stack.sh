@@ -21,8 +21,9 @@ DOCKERD_LOG="$STACK/dockerd.log"
 
 # Debian packages the stack needs; each maps to a command checked first.
 # iproute2, openssl and util-linux (nsenter): the remote-engine tests make a second host in a
-# network namespace, with certificates of their own.
-APT_PACKAGES=(docker.io docker-registry debootstrap busybox-static apache2-utils git ca-certificates iproute2 openssl util-linux)
+# network namespace, with certificates of their own. patchelf: sid's runc (engine matrix,
+# below) is pointed at sid's own loader and libc.
+APT_PACKAGES=(docker.io docker-registry debootstrap busybox-static apache2-utils git ca-certificates iproute2 openssl util-linux patchelf)
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 die() { printf 'stack: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -116,6 +117,103 @@ ensure_test_buildx() {
     log "could not fetch docker-buildx from $next: the named-builder tests will skip"
   fi
   rm -rf "$work"
+}
+
+# The engine-matrix tests (tests/test_engines.py, tests/support/engines.py) run the action
+# against Docker 28.5 / containerd 2.1 / buildx 0.29 as well as Debian 12's 20.10. Those are
+# Debian sid's packages: fetched with apt from the mirror this machine's apt already uses,
+# checked against the archive keyring, and only unpacked into .stack/engines/sid/root (no
+# maintainer scripts, nothing installed system-wide). Their binaries are static Go or need
+# glibc <= 2.36 and libraries Debian 12 has, except runc (glibc 2.38): its copy there gets
+# sid's loader and libc through PT_INTERP and DT_RPATH (LD_LIBRARY_PATH cannot pick a loader,
+# and a wrapper script would break runc's re-exec of /proc/self/exe). Without a sid mirror
+# the engine-matrix tests skip.
+ENGINE_PACKAGES=(docker.io docker-cli containerd runc docker-buildx tini-static libc6 libseccomp2)
+ensure_sid_engine() {
+  local dest="$STACK/engines/sid" codename mirror work arch pkg
+  # runc names its loader by absolute path: a checkout that moved fetches again.
+  if [ -f "$dest/stamp" ] && "$dest/root/usr/sbin/runc" --version >/dev/null 2>&1; then
+    return 0
+  fi
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Created-By: Packages' \
+    | awk -v want="$codename" '$2 == want { print $1; exit }')
+  if [ -z "$mirror" ]; then
+    log "no $codename mirror in apt's sources: the engine-matrix tests will skip"
+    return 0
+  fi
+  arch=$(dpkg --print-architecture)
+  mkdir -p "$STACK/engines"
+  # Made beside its destination and renamed into place: a half-done fetch never looks done.
+  work=$(mktemp -d "$STACK/engines/.sid.XXXXXX")
+  mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs"
+  : >"$work/status"
+  printf 'Types: deb\nURIs: %s\nSuites: sid\nComponents: main\nSigned-By: %s\n' \
+    "$mirror" /usr/share/keyrings/debian-archive-keyring.gpg >"$work/sid.sources"
+  # An empty dpkg status: versions are sid's candidates, whatever this host has installed.
+  local -a opts=(-o "Dir::Etc::SourceList=$work/sid.sources" -o Dir::Etc::SourceParts=/nonexistent
+    -o "Dir::State::Lists=$work/lists" -o "Dir::State::status=$work/status" -o "Dir::Cache=$work/cache"
+    -o APT::Architecture="$arch" -o APT::Sandbox::User=root)
+  local -a wanted=()
+  for pkg in "${ENGINE_PACKAGES[@]}"; do wanted+=("$pkg:$arch"); done
+  log "Docker 28 / containerd 2 / buildx engine for the engine-matrix tests: from sid ($mirror)"
+  if ! (cd "$work/debs" && apt-get "${opts[@]}" -qq update && apt-get "${opts[@]}" -qq download "${wanted[@]}") \
+    >"$work/log" 2>&1; then
+    tail -n 5 "$work/log" >&2 || true
+    log "could not fetch sid's engine packages: the engine-matrix tests will skip"
+    rm -rf "$work"
+    return 0
+  fi
+  local deb
+  for deb in "$work"/debs/*.deb; do
+    dpkg-deb -x "$deb" "$work/root"
+    printf '%s %s\n' "$(dpkg-deb -f "$deb" Package)" "$(dpkg-deb -f "$deb" Version)" >>"$work/versions"
+  done
+  if ! patch_sid_runc "$work/root" "$dest/root" >>"$work/log" 2>&1 || ! check_sid_engine "$work/root"; then
+    tail -n 5 "$work/log" >&2 || true
+    log "sid's engine does not run here: the engine-matrix tests will skip"
+    rm -rf "$work"
+    return 0
+  fi
+  rm -rf "$work/lists" "$work/cache" "$work/debs" "$work/status" "$dest"
+  mv "$work" "$dest"
+  if ! "$dest/root/usr/sbin/runc" --version >/dev/null 2>"$dest/log"; then
+    tail -n 5 "$dest/log" >&2 || true
+    log "sid's runc does not start with sid's libc: the engine-matrix tests will skip"
+    rm -rf "$dest"
+    return 0
+  fi
+  date -u +%FT%TZ >"$dest/stamp"
+  log "sid engine in $dest: $(awk '$1 ~ /^(docker.io|containerd|docker-buildx)$/ { printf "%s%s %s", sep, $1, $2; sep=", " }' "$dest/versions")"
+}
+
+# `unpacked` is where runc is now, `final` where the root will be once moved into place: the
+# loader path written into runc must be the final one.
+patch_sid_runc() {
+  local unpacked="$1" final="$2" runc interp libc libdir
+  runc="$unpacked/usr/sbin/runc"
+  interp=$(patchelf --print-interpreter "$runc")
+  # usr-merged: sid's libc6 ships the loader under usr/ only.
+  [ -e "$unpacked/usr$interp" ] && interp="/usr$interp"
+  [ -e "$unpacked$interp" ] || { echo "no $interp in sid's libc6"; return 1; }
+  libc=$(find "$unpacked/usr/lib" -name libc.so.6 -print -quit)
+  [ -n "$libc" ] || { echo "no libc.so.6 in sid's libc6"; return 1; }
+  libdir=$(dirname "${libc#"$unpacked"}")
+  # DT_RPATH, not RUNPATH: it wins over an LD_LIBRARY_PATH the engine might inherit.
+  patchelf --set-interpreter "$final$interp" --set-rpath "$final$libdir" --force-rpath "$runc"
+}
+
+# Every dynamic binary must load here (runc through the final path, so only its version).
+check_sid_engine() {
+  local root="$1" bin missing
+  for bin in usr/sbin/dockerd usr/sbin/docker-proxy usr/bin/containerd usr/bin/containerd-shim-runc-v2 \
+    usr/bin/docker usr/libexec/docker/cli-plugins/docker-buildx; do
+    [ -x "$root/$bin" ] || { log "sid's engine has no $bin"; return 1; }
+    missing=$(ldd "$root/$bin" 2>&1 | grep -E 'not found|version .* not found' || true)
+    [ -z "$missing" ] || { log "$bin: $missing"; return 1; }
+  done
+  [ -x "$root/usr/bin/docker-init" ] || { log "sid's docker.io has no docker-init (tini-static)"; return 1; }
+  return 0
 }
 
 ensure_venv() {
@@ -214,6 +312,7 @@ cmd_up() {
   mkdir -p "$STACK" "$STACK/cache"
   ensure_packages
   ensure_test_buildx
+  ensure_sid_engine
   ensure_venv
   ensure_shim
   ensure_dockerd
@@ -249,6 +348,11 @@ cmd_status() {
     if pkg_installed "$p"; then echo "package $p: installed"; else echo "package $p: missing"; fi
   done
   echo "venv: $([ -x "$VENV/bin/python" ] && echo present || echo missing)"
+  if [ -f "$STACK/engines/sid/stamp" ]; then
+    echo "sid engine: $(paste -sd, "$STACK/engines/sid/versions")"
+  else
+    echo "sid engine: missing"
+  fi
   echo "docker shim: $(readlink "$STACK/bin/docker" 2>/dev/null || echo missing)"
   if docker_ok; then echo "dockerd: answering"; else echo "dockerd: not answering"; fi
   [ -f "$DOCKERD_PIDFILE" ] && echo "dockerd started by stack.sh: pid $(cat "$DOCKERD_PIDFILE")"
