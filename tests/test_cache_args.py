@@ -3,6 +3,7 @@ then one real `DOCKER_BUILDKIT=1 docker build` proves the plain-docker inline-ca
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -212,6 +213,12 @@ def test_every_mode_and_builder_kind_has_a_row() -> None:
         ("local", BUILDX_CONTAINER, False),
         ("gha", BUILDX_0_21_DOCKER, True),
         ("gha", BUILDX_0_21, False),
+        # The docker driver on an engine with the containerd store exports every cache type,
+        # a builder the workflow named included.
+        ("registry", dataclasses.replace(BUILDX_DOCKER, containerd_store=True), False),
+        ("local", dataclasses.replace(BUILDX_DOCKER, containerd_store=True), False),
+        ("gha", dataclasses.replace(BUILDX_0_21_DOCKER, containerd_store=True), False),
+        ("registry", dataclasses.replace(BUILDX_DOCKER, containerd_store=True, name="c", chosen=True), False),
     ],
 )
 def test_check_supported_says_when_a_container_builder_is_needed(

@@ -38,6 +38,9 @@ class Builder:
     driver: str = "docker"  # buildx driver; the engine's own BuildKit for plain docker build
     name: str | None = None  # a buildx builder chosen by name rather than the current one
     chosen: bool = False  # named by the workflow: used as it is, never replaced or changed
+    # The docker driver on an engine with the containerd image store, which exports every
+    # cache type the docker-container driver does.
+    containerd_store: bool = False
 
     @property
     def context(self) -> str | None:

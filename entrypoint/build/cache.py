@@ -8,6 +8,9 @@
 | local           | a directory the workflow keeps with actions/cache | buildx, docker-container          |
 | none            | nowhere outside this runner's engine            | any                                 |
 
+"docker-container" means a builder that exports cache: buildx's docker-container (or remote)
+driver, or its docker driver on an engine with the containerd image store.
+
 `cache_arguments` is a pure function of the mode and the builder, pinned by a table test
 like `build_command`; `check_supported` says before the build whether the builder can do
 it, needs a buildx `docker-container` builder first, or cannot at all (`EngineError`).
@@ -98,6 +101,8 @@ def check_supported(mode: CacheMode, builder: Builder) -> CacheSupport:
         )
     # The version gate first: a new builder made by the same old buildx would not help.
     note = _version_gate(mode, builder)
+    if builder.driver == "docker" and builder.containerd_store:
+        return CacheSupport(mode, needs_container_builder=False, note=note)
     if builder.driver == "docker" and builder.chosen:
         raise EngineError(
             f"cache mode '{mode}' needs a builder that exports cache, and the builder "
@@ -107,8 +112,7 @@ def check_supported(mode: CacheMode, builder: Builder) -> CacheSupport:
             "registry-inline",
         )
     if builder.driver == "docker":
-        # Conservative: the docker driver can export these only with the engine's containerd
-        # image store, which `Builder` does not tell us about.
+        # The classic image store: the docker driver exports only the inline cache.
         needs = (
             f"cache mode '{mode}' needs a docker-container builder (the docker driver exports "
             "only the inline cache)"

@@ -6,6 +6,7 @@ other tags once the image is complete, and verify that every tag resolves to one
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -120,16 +121,17 @@ def produce(
         return
     with build_slot:
         cancel.raise_if_requested()  # a cancel while this image waited for its turn
-        built = image_build.build(plan, target, builders())
-    job.image_id = built.image_id
-    image_build.check(plan, engine, built.image_id)
+        image_build.build(plan, target, builders())
+    # The image as the engine names it under the tag the build gave it, whatever its store.
+    job.image_id = engine.image_id(plan.local_image)
+    image_build.check(plan, engine, job.image_id)
     if target is None:
         github.notice(
-            f"push is false: built and checked {plan.local_image} ({built.image_id}); nothing was pushed"
+            f"push is false: built and checked {plan.local_image} ({job.image_id}); nothing was pushed"
         )
         return
     with github.stage(f"push {plan.reference(plan.commit_tag)}"):
-        job.manifest = _push_commit_tag(engine, plan, target, built.image_id)
+        job.manifest = _push_commit_tag(engine, plan, target, job.image_id)
     job.built_here = True
 
 
@@ -167,7 +169,7 @@ def probe_engine(
     if not builder_name:
         # The engine first: one that does not answer is the one line, before CLI probes wait on it.
         engine = Engine.connect()
-        builder = buildkit.detect_builder()
+        builder = _on_store(buildkit.detect_builder(), engine)
         return engine, builder, cache.check_supported(mode, builder)
     builder = buildkit.detect_builder(builder_name)
     environ: Mapping[str, str] = os.environ
@@ -175,7 +177,17 @@ def probe_engine(
         # The build lands in that context's engine; the checks, smoke boot and push follow it.
         kept = {k: v for k, v in os.environ.items() if k not in ENGINE_VARIABLES}
         environ = kept | {"DOCKER_CONTEXT": builder.context}
-    return Engine.connect(environ), builder, cache.check_supported(mode, builder)
+    engine = Engine.connect(environ)
+    builder = _on_store(builder, engine)
+    return engine, builder, cache.check_supported(mode, builder)
+
+
+def _on_store(builder: buildkit.Builder, engine: Engine) -> buildkit.Builder:
+    """A docker-driver builder exports every cache type when its engine has the containerd
+    store; only the engine can say so."""
+    if builder.kind == "buildx" and builder.driver == "docker" and engine.containerd_store:
+        return dataclasses.replace(builder, containerd_store=True)
+    return builder
 
 
 def _check_secrets(inputs: PublishInputs, environ: Mapping[str, str]) -> None:
@@ -324,7 +336,7 @@ def _push_commit_tag(engine: Engine, plan: Plan, target: Target, image_id: str) 
     engine.tag(image_id, remote, plan.commit_tag)
     try:
         with github.group("push log"):
-            pushed = engine.push(remote, plan.commit_tag, target.login)
+            pushed = engine.push(remote, plan.commit_tag, target.login, plan.inputs.platform)
     finally:
         engine.untag(f"{remote}:{plan.commit_tag}")
     # The registry accepts a manifest only once all its blobs are stored: reading it back by

@@ -13,6 +13,7 @@ above it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import re
@@ -104,9 +105,25 @@ class Engine:
         except APIError as exc:
             raise ContainerError(str(exc.explanation or exc)) from exc
 
-    def push(self, repository: str, tag: str, login: RegistryLogin) -> str:
-        """Push one tag; the digest the registry stored (see `push.push`)."""
-        return push.push(self.endpoint, repository, tag, login)
+    @functools.cached_property
+    def containerd_store(self) -> bool:
+        """Whether the engine keeps images in containerd's store (Docker 29's default on new
+        installs; `features.containerd-snapshotter`) rather than its classic graph drivers:
+        there an image's ID is its manifest's digest, its push can carry an index, and the
+        docker driver of buildx exports every cache type."""
+        status = self.client.info().get("DriverStatus") or []
+        return any("io.containerd.snapshotter" in str(value) for _, value in status)
+
+    def image_id(self, reference: str) -> str:
+        """The ID the engine itself gives the image a tag names. A build's `--iidfile` is no
+        substitute: buildx 0.29 writes the config's digest there, which the containerd store
+        does not know an image by (docker/buildx#3952)."""
+        return str(self.inspect_image(reference)["Id"])
+
+    def push(self, repository: str, tag: str, login: RegistryLogin, platform: str | None = None) -> str:
+        """Push one tag; the digest the registry stored (see `push.push`). `platform`: the
+        image manifest to push, where the store holds an index (the containerd store)."""
+        return push.push(self.endpoint, repository, tag, login, platform if self.containerd_store else None)
 
     @classmethod
     def connect(cls, environ: Mapping[str, str] | None = None) -> Engine:

@@ -62,7 +62,9 @@ class Endpoint:
             probe = docker.DockerClient(version=_MIN_API_VERSION, **settings)
             probe.api.trust_env = False
             try:
-                _API_VERSIONS[self.url] = str(probe.version()["ApiVersion"])
+                # Unversioned: Docker 29 refuses /v1.24/... (its floor is API 1.44), and an
+                # unversioned /version is answered by every engine.
+                _API_VERSIONS[self.url] = str(probe.api.version(api_version=False)["ApiVersion"])
             finally:
                 probe.close()
         client = docker.DockerClient(version=_API_VERSIONS[self.url], **settings)
@@ -70,7 +72,7 @@ class Endpoint:
         return client
 
 
-# docker-py's oldest API version; every engine answers /version at it.
+# docker-py's oldest API version, for the client that only asks the engine for its own.
 _MIN_API_VERSION = "1.24"
 _API_VERSIONS: dict[str, str] = {}
 

@@ -4,18 +4,24 @@ bounded number of times, and a cancel hangs up on the engine (which then cancels
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 import requests
 import urllib3
+from docker import auth as docker_auth
 from docker.errors import APIError
+from docker.utils import version_gte
 
 from entrypoint import cancel, github
 from entrypoint.engine.endpoint import first_line
-from entrypoint.errors import PushRejectedError, RegistryError, push_rejection_fix
+from entrypoint.errors import PushRejectedError, RegistryError, push_rejection_fix, shown
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from entrypoint.engine.endpoint import Endpoint
     from entrypoint.registry.ecr import RegistryLogin
 
@@ -25,13 +31,27 @@ if TYPE_CHECKING:
 # that never moves again within 90 s of the fault.
 PUSH_STALL_S = 20.0
 PUSH_TRIES = 3
+# The engine API version whose push takes a `platform` (Docker 27.2+); older engines push
+# what the tag names.
+PLATFORM_PUSH_API = "1.46"
+# Engines with the containerd store report the pushed digest only in this status line, with
+# no `aux` Digest event (moby/moby#48331).
+# Network failures the engine reports as a push error rather than retrying: the containerd
+# store's pusher gives up on a layer upload at the first reset, where the classic store's
+# retries it five times.
+_TRANSIENT = ("connection reset by peer", "broken pipe", "use of closed network connection", "unexpected eof",
+              ": eof", "502 bad gateway", "503 service unavailable", "504 gateway timeout",
+              "tls handshake timeout")  # fmt: skip
+_DIGEST_LINE = re.compile(r"\bdigest: (sha256:[0-9a-f]{64}) size: \d+")
 
 
 def _layer_done(status: str) -> bool:
     return status in ("Pushed", "Layer already exists") or status.startswith("Mounted from")
 
 
-class _Stalled(Exception):
+class _TryAgain(Exception):
+    """A push that stopped moving or broke off on the network: worth asking for again."""
+
     def __init__(self, what: str) -> None:
         super().__init__(what)
         self.what = what
@@ -72,7 +92,9 @@ class _Progress:
         return f" at layer {layer} ({status})"
 
 
-def push(endpoint: Endpoint, repository: str, tag: str, login: RegistryLogin) -> str:
+def push(
+    endpoint: Endpoint, repository: str, tag: str, login: RegistryLogin, platform: str | None = None
+) -> str:
     """Push one tag and return the manifest digest the registry stored.
 
     The engine's push reports progress as it goes. A push that makes none for
@@ -83,11 +105,11 @@ def push(endpoint: Endpoint, repository: str, tag: str, login: RegistryLogin) ->
     registry, the layer and what to check."""
     reference = f"{repository}:{tag}"
     started = time.monotonic()
-    stall: _Stalled | None = None
+    stall: _TryAgain | None = None
     for tries in range(1, PUSH_TRIES + 1):
         try:
-            return _push_once(endpoint, repository, tag, login)
-        except _Stalled as stalled:
+            return _push_once(endpoint, (repository, tag), login, platform)
+        except _TryAgain as stalled:
             stall = stalled
             if tries < PUSH_TRIES:
                 github.warning(
@@ -104,7 +126,10 @@ def push(endpoint: Endpoint, repository: str, tag: str, login: RegistryLogin) ->
     )
 
 
-def _push_once(endpoint: Endpoint, repository: str, tag: str, login: RegistryLogin) -> str:
+def _push_once(
+    endpoint: Endpoint, pushed: tuple[str, str], login: RegistryLogin, platform: str | None
+) -> str:
+    repository, tag = pushed
     auth = {"username": login.username, "password": login.password}
     reference = f"{repository}:{tag}"
     # A client of its own whose read timeout is the stall limit: an engine that sends
@@ -123,12 +148,12 @@ def _push_once(endpoint: Endpoint, repository: str, tag: str, login: RegistryLog
 
     try:
         with cancel.stopper(hang_up):
-            digest = _follow(api, (repository, tag), auth, progress)
+            digest = _follow(_push_stream(api, pushed, auth, platform), reference, progress)
     except APIError as exc:
         raise _push_error(reference, first_line(exc)) from exc
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         cancel.raise_if_requested()
-        raise _Stalled(f"sent no word for {PUSH_STALL_S:.0f} s{progress.where()}") from exc
+        raise _TryAgain(f"sent no word for {PUSH_STALL_S:.0f} s{progress.where()}") from exc
     finally:
         # Closing the connection cancels the engine's push; the next try starts clean.
         for response in responses:
@@ -142,26 +167,61 @@ def _push_once(endpoint: Endpoint, repository: str, tag: str, login: RegistryLog
     return digest
 
 
-def _follow(api: Any, pushed: tuple[str, str], auth: dict[str, str], progress: _Progress) -> str:
-    """Read the push's progress to its end; the digest it reports."""
+def _push_stream(
+    api: Any, pushed: tuple[str, str], auth: dict[str, str], platform: str | None
+) -> Iterator[dict[str, Any]]:
+    """The engine's push as decoded progress events; with `platform` (and an engine whose API
+    takes it), only that platform's image manifest is pushed, not an index of the store's
+    (moby/moby#51532). docker-py's `push` has no platform, so the request is made with
+    the same private helpers its `push` uses."""
     repository, tag = pushed
-    reference = f"{repository}:{tag}"
+    if not platform or not version_gte(api.api_version, PLATFORM_PUSH_API):
+        stream: Iterator[dict[str, Any]] = api.push(
+            repository, tag, stream=True, decode=True, auth_config=auth
+        )
+        return stream
+    os_name, _, architecture = platform.partition("/")
+    architecture, _, variant = architecture.partition("/")
+    wanted = {"os": os_name, "architecture": architecture} | ({"variant": variant} if variant else {})
+    response = api._post_json(
+        api._url("/images/{0}/push", repository),
+        None,
+        headers={"X-Registry-Auth": docker_auth.encode_header(auth)},
+        stream=True,
+        params={"tag": tag, "platform": json.dumps(wanted)},
+    )
+    api._raise_for_status(response)
+    events: Iterator[dict[str, Any]] = api._stream_helper(response, decode=True)
+    return events
+
+
+def _follow(events: Iterator[dict[str, Any]], reference: str, progress: _Progress) -> str:
+    """Read the push's progress to its end; the digest it reports."""
     digest = ""
-    for event in api.push(repository, tag, stream=True, decode=True, auth_config=auth):
+    for event in events:
         cancel.raise_if_requested()
         if "error" in event or "errorDetail" in event:
-            message = (event.get("errorDetail") or {}).get("message") or event.get("error", "")
-            raise _push_error(reference, str(message))
+            message = str((event.get("errorDetail") or {}).get("message") or event.get("error", ""))
+            if any(marker in message.lower() for marker in _TRANSIENT):
+                raise _TryAgain(f"broke off{progress.where()}: {_message_line(message)}")
+            raise _push_error(reference, message)
         aux = event.get("aux") or {}
+        status = str(event.get("status") or "")
+        reported = _DIGEST_LINE.search(status)
         if aux.get("Digest"):
             digest = str(aux["Digest"])
+        elif reported and not digest:
+            digest = reported.group(1)
         progress.see(event)
-        status = event.get("status")
         if status and event.get("id") and status in ("Pushed", "Layer already exists", "Mounted from"):
             github.info(f"  {event['id']}: {status}")
         if time.monotonic() - progress.at > PUSH_STALL_S:
-            raise _Stalled(f"made no progress for {PUSH_STALL_S:.0f} s{progress.where()}")
+            raise _TryAgain(f"made no progress for {PUSH_STALL_S:.0f} s{progress.where()}")
     return digest
+
+
+def _message_line(message: str, limit: int = 200) -> str:
+    return shown(message.strip().splitlines()[0] if message.strip() else "no message", limit)
 
 
 def _push_error(reference: str, message: str) -> RegistryError:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 Kind = Literal["503", "429", "reset", "cut", "stall", "slow"]
+# What Go's HTTP servers (the CNCF registry's) answer a TLS handshake on a plain port with.
+TLS_TO_PLAIN_ANSWER = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
@@ -89,6 +91,16 @@ class FaultProxy:
                 outer._serve(self)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _serve
+
+            def handle_one_request(self) -> None:
+                # Engines with the containerd store try TLS first on an insecure registry and
+                # fall back to plain HTTP only when the answer starts with "HTTP/", as Go's
+                # servers send it; Python's would answer a ClientHello as HTTP/0.9, bare.
+                if self.rfile.peek(1)[:1] == b"\x16":  # type: ignore[attr-defined]
+                    self.wfile.write(TLS_TO_PLAIN_ANSWER)
+                    self.close_connection = True
+                    return
+                super().handle_one_request()
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
