@@ -85,30 +85,51 @@ ensure_packages() {
 # folder only those tests put on the CLI's plugin path, so the rest of the suite still
 # tests Debian 12's own `DOCKER_BUILDKIT=1 docker build`. Without it those tests skip.
 declare -A NEXT_SUITE=([bookworm]=trixie)
+
+# The mirror this machine's apt uses for its own release (empty when there is none).
+own_mirror() {
+  local codename
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Created-By: Packages' \
+    | awk -v want="$codename" '$2 == want { print $1; exit }'
+}
+
+# apt_fetch MIRROR SUITE WORK PKG...: download PKGs of SUITE into WORK/debs with apt state of
+# its own (checked against the archive keyring; an empty dpkg status, so the versions are
+# SUITE's own, whatever this host has installed); apt's output goes to WORK/log.
+apt_fetch() {
+  local mirror="$1" suite="$2" work="$3" arch pkg
+  shift 3
+  arch=$(dpkg --print-architecture)
+  mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs"
+  : >"$work/status"
+  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' \
+    "$mirror" "$suite" /usr/share/keyrings/debian-archive-keyring.gpg >"$work/apt.sources"
+  local -a opts=(-o "Dir::Etc::SourceList=$work/apt.sources" -o Dir::Etc::SourceParts=/nonexistent
+    -o "Dir::State::Lists=$work/lists" -o "Dir::State::status=$work/status" -o "Dir::Cache=$work/cache"
+    -o APT::Architecture="$arch" -o APT::Sandbox::User=root)
+  local -a wanted=()
+  for pkg in "$@"; do wanted+=("$pkg:$arch"); done
+  (cd "$work/debs" && apt-get "${opts[@]}" -qq update && apt-get "${opts[@]}" -qq download "${wanted[@]}") \
+    >"$work/log" 2>&1
+}
+
 ensure_test_buildx() {
-  local plugin="$STACK/buildx/cli-plugins/docker-buildx" codename next mirror work arch
+  local plugin="$STACK/buildx/cli-plugins/docker-buildx" codename next mirror work
   [ -x "$plugin" ] && return 0
   /usr/bin/docker buildx version >/dev/null 2>&1 && return 0
   codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
   next="${NEXT_SUITE[$codename]:-}"
   [ -n "$next" ] || return 0
-  mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Created-By: Packages' \
-    | awk -v want="$codename" '$2 == want { print $1; exit }')
+  mirror=$(own_mirror)
   if [ -z "$mirror" ]; then
     log "no $codename mirror in apt's sources: the named-builder tests will skip"
     return 0
   fi
-  arch=$(dpkg --print-architecture)
   work=$(mktemp -d)
-  mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
-  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' \
-    "$mirror" "$next" /usr/share/keyrings/debian-archive-keyring.gpg >"$work/next.sources"
-  local -a opts=(-o "Dir::Etc::SourceList=$work/next.sources" -o Dir::Etc::SourceParts=/nonexistent
-    -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache" -o APT::Architecture="$arch"
-    -o APT::Sandbox::User=root)
   log "docker-buildx for the named-builder tests: from $next ($mirror)"
-  if (cd "$work" && apt-get "${opts[@]}" -qq update && apt-get "${opts[@]}" -qq download "docker-buildx:$arch") >"$work/log" 2>&1 \
-    && dpkg-deb -x "$work"/docker-buildx_*.deb "$work/root" \
+  if apt_fetch "$mirror" "$next" "$work" docker-buildx \
+    && dpkg-deb -x "$work"/debs/docker-buildx_*.deb "$work/root" \
     && [ -x "$work/root/usr/libexec/docker/cli-plugins/docker-buildx" ]; then
     mkdir -p "$(dirname "$plugin")"
     mv "$work/root/usr/libexec/docker/cli-plugins/docker-buildx" "$plugin"
@@ -130,35 +151,21 @@ ensure_test_buildx() {
 # the engine-matrix tests skip.
 ENGINE_PACKAGES=(docker.io docker-cli containerd runc docker-buildx tini-static libc6 libseccomp2)
 ensure_sid_engine() {
-  local dest="$STACK/engines/sid" codename mirror work arch pkg
+  local dest="$STACK/engines/sid" mirror work
   # runc names its loader by absolute path: a checkout that moved fetches again.
   if [ -f "$dest/stamp" ] && "$dest/root/usr/sbin/runc" --version >/dev/null 2>&1; then
     return 0
   fi
-  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-  mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Created-By: Packages' \
-    | awk -v want="$codename" '$2 == want { print $1; exit }')
+  mirror=$(own_mirror)
   if [ -z "$mirror" ]; then
-    log "no $codename mirror in apt's sources: the engine-matrix tests will skip"
+    log "no mirror in apt's sources: the engine-matrix tests will skip"
     return 0
   fi
-  arch=$(dpkg --print-architecture)
   mkdir -p "$STACK/engines"
   # Made beside its destination and renamed into place: a half-done fetch never looks done.
   work=$(mktemp -d "$STACK/engines/.sid.XXXXXX")
-  mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs"
-  : >"$work/status"
-  printf 'Types: deb\nURIs: %s\nSuites: sid\nComponents: main\nSigned-By: %s\n' \
-    "$mirror" /usr/share/keyrings/debian-archive-keyring.gpg >"$work/sid.sources"
-  # An empty dpkg status: versions are sid's candidates, whatever this host has installed.
-  local -a opts=(-o "Dir::Etc::SourceList=$work/sid.sources" -o Dir::Etc::SourceParts=/nonexistent
-    -o "Dir::State::Lists=$work/lists" -o "Dir::State::status=$work/status" -o "Dir::Cache=$work/cache"
-    -o APT::Architecture="$arch" -o APT::Sandbox::User=root)
-  local -a wanted=()
-  for pkg in "${ENGINE_PACKAGES[@]}"; do wanted+=("$pkg:$arch"); done
   log "Docker 28 / containerd 2 / buildx engine for the engine-matrix tests: from sid ($mirror)"
-  if ! (cd "$work/debs" && apt-get "${opts[@]}" -qq update && apt-get "${opts[@]}" -qq download "${wanted[@]}") \
-    >"$work/log" 2>&1; then
+  if ! apt_fetch "$mirror" sid "$work" "${ENGINE_PACKAGES[@]}"; then
     tail -n 5 "$work/log" >&2 || true
     log "could not fetch sid's engine packages: the engine-matrix tests will skip"
     rm -rf "$work"
@@ -175,7 +182,7 @@ ensure_sid_engine() {
     rm -rf "$work"
     return 0
   fi
-  rm -rf "$work/lists" "$work/cache" "$work/debs" "$work/status" "$dest"
+  rm -rf "$work/lists" "$work/cache" "$work/debs" "$work/status" "$work/apt.sources" "$dest"
   mv "$work" "$dest"
   if ! "$dest/root/usr/sbin/runc" --version >/dev/null 2>"$dest/log"; then
     tail -n 5 "$dest/log" >&2 || true
