@@ -245,7 +245,8 @@ def test_an_index_that_needs_credentials_is_left_to_pip_with_the_same_hashes(tmp
     locked = pins((LOCK / "runtime.txt").read_text())
     locked.pop("pywin32")  # Windows only
     assert _installed(python) == locked
-    subprocess.run([python, "-I", "-c", "import boto3, docker, yaml, entrypoint.commands.release"], check=True)
+    imports = "import boto3, docker, yaml, entrypoint.commands.release"
+    subprocess.run([python, "-I", "-c", imports], check=True)
     # pip, not the fast path, fetched them: with the credentials, every wheel once.
     fetched = [r for r in server.requests if r.path.startswith("/files/")]
     assert sorted(r.path.removeprefix("/files/") for r in fetched) == sorted(wheels)
