@@ -8,7 +8,9 @@
 
 Both get the same environment: moto for the ECR API, a private, initially empty
 DOCKER_CONFIG per publish (so nothing is written to the user's Docker config), and the
-BuildKit-capable docker CLI first on PATH.
+BuildKit-capable docker CLI first on PATH. On a sid engine (`--engine classic|containerd`)
+that is sid's docker 28.5 CLI, DOCKER_HOST is its socket and each DOCKER_CONFIG links sid's
+cli-plugins (buildx 0.29), so `docker build` is `docker buildx build` there.
 """
 
 from __future__ import annotations
@@ -128,10 +130,11 @@ class Plain:
     aws_endpoint: str
     name: ApproachName = "plain"
     careful: bool = False
+    docker: str | None = None  # the engine's docker CLI; None: the stack's (host engine)
 
     def publish(self, ws: Workspace, target: Target, docker_config: Path) -> Published:
         commit = ws.head  # a workflow has it for free in ${{ github.sha }}
-        docker = docker_cli()
+        docker = self.docker or docker_cli()
         env = {**self.env, "DOCKER_BUILDKIT": "1", "DOCKER_CONFIG": str(docker_config)}
         log: list[str] = []
 

@@ -215,8 +215,11 @@ def render(
     machine: Mapping[str, str],
     runs: int,
     wall_seconds: float,
+    engine_note: str = "",
 ) -> str:
-    """The markdown block for bench/results.md and the README (no top-level heading)."""
+    """The markdown block for bench/results.md and the README (no top-level heading);
+    `engine_note`, a paragraph on the engine and what differs from the host run, goes
+    after the first sentence (sid engines)."""
     summary = _table(
         (
             "case",
@@ -273,7 +276,7 @@ def render(
 each on a freshly emptied Docker engine (our images and all build cache removed, base images \
 kept), as on a new GitHub runner. The whole benchmark, untimed setups included, took \
 {minutes} min {seconds:02d} s.
-
+{f"{chr(10)}{engine_note.strip()}{chr(10)}" if engine_note else ""}
 {summary}
 
 {goal_table}
@@ -306,11 +309,26 @@ Machine:
 """
 
 
-def results_file(block: str) -> str:
+def results_file(block: str, engine: str = "host", cases: Sequence[str] = (), runs: int | None = None) -> str:
+    """A results file: the host's (bench/results.md, copied into the README) or a sid
+    engine's (bench/results-<engine>.md, which says how it was made)."""
+    if engine == "host":
+        return (
+            "# Benchmark results (issue 3)\n\n"
+            "Written by `bash bench/run.sh` (`--runs N` for N samples per case, default 3), which "
+            "also copies it into the Benchmark section of README.md.\n\n"
+            f"{block}"
+        )
+    command = f"bash bench/run.sh --engine {engine}"
+    if runs is not None:
+        command += f" --runs {runs}"
+    if cases:
+        command += f" --cases {','.join(cases)}"
     return (
-        "# Benchmark results (issue 3)\n\n"
-        "Written by `bash bench/run.sh` (`--runs N` for N samples per case, default 3), which "
-        "also copies it into the Benchmark section of README.md.\n\n"
+        f"# Benchmark results on the {engine} engine (Docker 28.5)\n\n"
+        f"Written by `{command}`: the same benchmark as `bench/results.md`, on Debian sid's "
+        f"Docker 28.5 engine with the {engine} image store instead of the host's Docker 20.10; "
+        "what differs is said below. README.md is not touched.\n\n"
         f"{block}"
     )
 

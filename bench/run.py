@@ -1,4 +1,11 @@
-"""`python -m bench [--runs N] [--cases KEYS]`: the action against plain docker, side by side.
+"""`python -m bench [--runs N] [--cases KEYS] [--engine host|classic|containerd]`: the action
+against plain docker, side by side.
+
+`--engine` (default host): the host's Docker 20.10, or Debian sid's Docker 28.5 + buildx 0.29
+with the classic or the containerd image store, started for the whole run (bench/engine.py);
+the registries are forwarded into it and the base images copied in. That engine cannot reach
+the package index, so there every approach builds the example from a wheelhouse
+(bench/offline.py).
 
 For each run, case and approach (the order of the approaches alternates between runs):
 
@@ -9,9 +16,10 @@ For each run, case and approach (the order of the approaches alternates between 
 5. the timed publish, then a check that the commit, environment and latest tags all name one
    manifest in the registry.
 
-Every publish's log goes to bench/logs/<UTC time>/. A run of all cases writes
-bench/results.md and the README's benchmark block; a run of some cases writes its results
-next to its logs only.
+Every publish's log goes to bench/logs/<UTC time>/. On the host's engine, a run of all cases
+writes bench/results.md and the README's benchmark block; a run of some cases writes its
+results next to its logs only. On a sid engine every run writes bench/results-<engine>.md
+(which names the cases it measured) and a copy next to its logs; the README is not touched.
 """
 
 from __future__ import annotations
@@ -37,7 +45,16 @@ from docker.errors import DockerException
 
 from bench.approaches import Action, Plain, PublishFailed, Target
 from bench.cases import CASE_KEYS, CASES, Case, example_workspace
-from bench.engine import empty_engine, engine_answers, engine_pid, wait_for_engine
+from bench.engine import (
+    ENGINE_KINDS,
+    BenchEngine,
+    empty_engine,
+    engine_answers,
+    engine_facts,
+    open_engine,
+    which_docker,
+)
+from bench.offline import WHEELHOUSE, download_wheels, image_python, offline_example
 from bench.report import (
     Observation,
     Sample,
@@ -54,7 +71,6 @@ from tests.support.stack import (
     STACK_DIR,
     MotoServer,
     Registry,
-    docker_cli,
     ensure_adapter_standin,
     ensure_python_base,
 )
@@ -66,11 +82,19 @@ if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
 
     from bench.approaches import Approach, Published
+    from bench.engine import EngineKind
     from tests.support.workspace import Workspace
 
 BENCH_DIR = Path(__file__).resolve().parent
 README = BENCH_DIR.parent / "README.md"
 RESULTS = BENCH_DIR / "results.md"
+
+
+def results_path(engine: EngineKind) -> Path:
+    """bench/results.md for the host's engine, bench/results-<engine>.md for the others."""
+    return RESULTS if engine == "host" else BENCH_DIR / f"results-{engine}.md"
+
+
 ENV = "preprod"
 REGION = "eu-west-2"
 # A sample is redone when the engine restarted under it: dockerd 20.10 can panic when build
@@ -81,7 +105,8 @@ ATTEMPTS = 3
 
 @dataclass(frozen=True)
 class Context:
-    client: DockerClient
+    engine: BenchEngine
+    client: DockerClient  # the engine's
     ecr: ECRClient
     prefix: str  # every repository (and so every local image) of this run starts with it
     tmp: Path
@@ -108,6 +133,13 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="measure the action and the example as committed at this git revision "
         "(e.g. HEAD) instead of the working tree, which others may be editing",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINE_KINDS,
+        default="host",
+        help="host: the host's Docker engine (default); classic, containerd: Debian sid's Docker "
+        "28.5 + buildx 0.29 with that image store, started for the run",
     )
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -143,8 +175,8 @@ def _check_tags(registry: Registry, target: Target, commit: str) -> None:
 
 
 def _publish(ctx: Context, approach: Approach, ws: Workspace, target: Target, phase: str) -> Published:
-    docker_config = ws.path.parent / f"{ws.path.name}.docker-{phase}"  # empty: nobody logged in yet
-    docker_config.mkdir()
+    # empty: nobody logged in yet (on a sid engine it links sid's buildx, nothing else)
+    docker_config = ctx.engine.docker_config(ws.path.parent / f"{ws.path.name}.docker-{phase}")
     published = approach.publish(ws, target, docker_config)
     (ctx.logs / f"{target.repository.removeprefix(ctx.prefix)}-{phase}.log").write_text(published.log)
     return published
@@ -153,17 +185,17 @@ def _publish(ctx: Context, approach: Approach, ws: Workspace, target: Target, ph
 def measure(ctx: Context, case: Case, approach: Approach, run: int) -> Sample:
     """One sample; redone from scratch when the shared engine restarted under it."""
     for attempt in range(1, ATTEMPTS + 1):
-        pid = engine_pid()
+        pid = ctx.engine.pid()
         try:
             return _measure_once(ctx, case, approach, run, attempt)
         except (PublishFailed, DockerException, requests.RequestException) as exc:
-            if attempt == ATTEMPTS or (engine_answers(ctx.client) and engine_pid() == pid):
+            if attempt == ATTEMPTS or (engine_answers(ctx.client) and ctx.engine.pid() == pid):
                 raise
             _say(
                 f"the Docker engine stopped or restarted during {case.key} {approach.name} run {run} "
                 f"({type(exc).__name__}); waiting for it, then redoing the sample"
             )
-            wait_for_engine(ctx.client)
+            ctx.engine.wait()
             ctx.redone.append(f"{case.title} / {approach.name} / run {run}")
     raise AssertionError("unreachable")
 
@@ -173,6 +205,7 @@ def _measure_once(ctx: Context, case: Case, approach: Approach, run: int, attemp
     ws = example_workspace(ctx.tmp / name, ctx.example)
     ctx.ecr.create_repository(repositoryName=name)
     with Registry() as registry:
+        ctx.engine.forward(int(registry.host.rsplit(":", 1)[1]))
         target = Target(registry.host, name, ENV, REGION, ctx.build_args)
         if case.previous:
             previous = _publish(ctx, approach, ws, target, "setup")
@@ -218,15 +251,7 @@ def _short(sample: Sample) -> str:
     return f"pip step {sample.observation.dependencies}"
 
 
-def _first_line(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else ""
-
-
-def machine_info(client: DockerClient) -> dict[str, str]:
+def machine_info(engine: BenchEngine) -> dict[str, str]:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -240,19 +265,14 @@ def machine_info(client: DockerClient) -> dict[str, str]:
         for line in Path("/proc/meminfo").read_text().splitlines()
         if line.startswith("MemTotal")
     )
-    docker = docker_cli()
-    server = client.version()
-    buildx = _first_line([docker, "buildx", "version"])
-    front_end = f"docker buildx build ({buildx})" if buildx else "DOCKER_BUILDKIT=1 docker build"
+    facts = engine_facts(engine)
     return {
         "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         "CPUs (nproc)": str(len(os.sched_getaffinity(0))),
         "CPU": cpu,
         "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
         "OS": f"{_os_name()}, kernel {platform.release()}",
-        "Docker": f"CLI {_first_line([docker, 'version', '--format', '{{.Client.Version}}'])}, "
-        f"engine {server.get('Version', '?')} (API {server.get('ApiVersion', '?')})",
-        "BuildKit front end": front_end,
+        **facts,
         "Python": platform.python_version(),
     }
 
@@ -290,27 +310,73 @@ def measured_sources(ref: str | None, into: Path) -> tuple[Path, str]:
     return into, f"commit {commit[:12]} ({ref})"
 
 
+def _offline_note(
+    facts: dict[str, str], wheels: tuple[str, ...], megabytes: float, python: str, images: str
+) -> str:
+    """What differs from the host run, for a results file of a sid engine."""
+    listed = ", ".join(f"`{w}`" for w in wheels)
+    return f"""**Engine: {facts["engine"]}** ({facts["Docker"]}; storage driver {facts["storage driver"]}; \
+containerd image store: {facts["containerd image store"]}; buildx {facts["buildx"]}). What differs \
+from the host run (`bench/results.md`, the host's Docker 20.10 engine):
+
+- the engine: Debian sid's dockerd 28.5 (containerd 2.1, runc 1.3), started by \
+`tests/support/engines.py` for this run on an empty data root, in a network namespace of its \
+own; every approach uses it and sid's docker CLI (so plain `docker build` is `docker buildx \
+build` on buildx's docker driver). Each run's registries are reached from that namespace at \
+the same `127.0.0.1:<port>` through a unix-socket port bridge.
+- the base images: the same local images as on the host ({images}), made on the \
+host's engine and copied in (`docker save | docker load`) before the run; emptying the \
+engine keeps them, as on the host.
+- the dependency step: that namespace has no route to the package index, and the example's \
+Dockerfile takes no build argument for pip's index or options, so every approach builds a \
+copy of the example whose Dockerfile differs in the pip step only: `RUN \
+--mount=type=bind,source={WHEELHOUSE},target=/{WHEELHOUSE} python3 -m venv /opt/venv && \
+/opt/venv/bin/pip install --no-index --find-links /{WHEELHOUSE} --no-cache-dir -r \
+requirements.txt`. The wheels ({len(wheels)} files, {megabytes:.1f} MB, in `{WHEELHOUSE}/` of \
+the build context and of each test repository's first commit) were downloaded once on the \
+host before the run, untimed: `pip download --only-binary=:all: --platform manylinux2014_x86_64 \
+--python-version {python} -r requirements.txt` with this machine's pip configuration. So pip \
+here installs the same pinned packages without downloading them (on the host it downloads \
+them from PyPI, through this machine's TLS-intercepting proxy, inside the build), and every \
+build context is {megabytes:.1f} MB bigger. The bind mount adds no layer: the image's layers are \
+those of the host run. Wheels: {listed}.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
     cases = [c for c in CASES if c.key in args.cases.split(",")]
     started = time.monotonic()
     stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    logs = BENCH_DIR / "logs" / stamp
+    logs = BENCH_DIR / "logs" / (stamp if args.engine == "host" else f"{stamp}-{args.engine}")
     logs.mkdir(parents=True)
-    client = docker.from_env(timeout=600)
-    client.ping()
+    # The base images are made on the host's engine (tests/support/stack.py), whatever the run's.
+    host = docker.from_env(timeout=600)
+    host.ping()
     build_args = (
-        ("BASE_IMAGE", ensure_python_base(client)),
-        ("ADAPTER_IMAGE", ensure_adapter_standin(client)),
+        ("BASE_IMAGE", ensure_python_base(host)),
+        ("ADAPTER_IMAGE", ensure_adapter_standin(host)),
     )
-    machine = machine_info(client)
-    load_start = os.getloadavg()[0]
     prefix = f"bench{secrets.token_hex(3)}-"
     samples: list[Sample] = []
-    _say(f"{len(cases)} case(s) x 3 approaches x {args.runs} run(s); logs in {logs}")
-    try:
-        with MotoServer() as moto, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            env = _subprocess_env(moto.endpoint, Path(tmp))
+    engine_note = ""
+    _say(f"{len(cases)} case(s) x 3 approaches x {args.runs} run(s), {args.engine} engine; logs in {logs}")
+    with (
+        open_engine(args.engine) as engine,
+        MotoServer() as moto,
+        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
+    ):
+        client = engine.client()
+        client.ping()
+        for _, image in build_args:
+            engine.load_image(image)
+        machine = machine_info(engine)
+        load_start = os.getloadavg()[0]
+        try:
+            env = engine.cli_env(_subprocess_env(moto.endpoint, Path(tmp)))
+            found = which_docker(env)
+            if found is None or Path(found).resolve() != Path(engine.docker).resolve():
+                raise RuntimeError(f"the publishes would run {found}, not the engine's CLI {engine.docker}")
             ecr = boto3.client(
                 "ecr",
                 region_name=REGION,
@@ -322,12 +388,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             machine["action and example measured"] = source_note
             _say(f"measuring the action and the example from the {source_note}")
             example = source / "examples" / "sse-streaming-lambda"
-            ctx = Context(client, ecr, prefix, Path(tmp), logs, build_args, example)
+            if args.engine != "host":
+                python = image_python(host, dict(build_args)["BASE_IMAGE"])
+                wheels_dir = Path(tmp) / "wheels"
+                wheels = download_wheels(example / "requirements.txt", wheels_dir, python)
+                megabytes = sum(p.stat().st_size for p in wheels_dir.glob("*.whl")) / 1e6
+                example = offline_example(example, Path(tmp) / "example-offline", wheels_dir)
+                images = ", ".join(f"`{image}`" for _, image in build_args)
+                engine_note = _offline_note(engine_facts(engine), wheels, megabytes, python, images)
+                (logs / "Dockerfile.offline").write_text((example / "Dockerfile").read_text())
+                _say(f"{len(wheels)} wheels ({megabytes:.1f} MB) for python {python}: pip installs from them")
+            ctx = Context(engine, client, ecr, prefix, Path(tmp), logs, build_args, example)
             action = Action(env, source)
             approaches: tuple[Approach, ...] = (
                 action,
-                Plain(env, moto.endpoint),
-                Plain(env, moto.endpoint, name="careful", careful=True),
+                Plain(env, moto.endpoint, docker=engine.docker),
+                Plain(env, moto.endpoint, name="careful", careful=True, docker=engine.docker),
             )
             for run in range(1, args.runs + 1):
                 # Alternate which approach goes first, so drift over time hits both alike.
@@ -335,11 +411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for case in cases:
                     for approach in order:
                         samples.append(measure(ctx, case, approach, run))
-    finally:
-        try:
-            empty_engine(client, prefix, prune_cache=False)
-        except (DockerException, requests.RequestException, RuntimeError) as exc:
-            _say(f"could not remove this run's images ({exc}); they are named {prefix}*")
+        finally:
+            try:
+                empty_engine(client, prefix, prune_cache=False)
+            except (DockerException, requests.RequestException, RuntimeError) as exc:
+                _say(f"could not remove this run's images ({exc}); they are named {prefix}*")
+    host.close()
     wall = time.monotonic() - started
     machine["load average (1 min)"] = f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
     if ctx.redone:
@@ -347,16 +424,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     (logs / "samples.json").write_text(json.dumps([asdict(s) for s in samples], indent=2) + "\n")
     results = group(cases, samples)
-    block = render(results, samples, machine, args.runs, wall)
+    block = render(results, samples, machine, args.runs, wall, engine_note=engine_note)
     print("\n" + block, flush=True)
     for goal in goals(results):
         print(f"{goal.verdict}: {goal.text} ({goal.measured})", flush=True)
-    if len(cases) == len(CASES):
-        RESULTS.write_text(results_file(block))
+    text = results_file(block, engine=args.engine, cases=[c.key for c in cases], runs=args.runs)
+    if args.engine != "host":
+        path = results_path(args.engine)
+        path.write_text(text)
+        (logs / "results.md").write_text(text)
+        _say(f"wrote {path} (and a copy in {logs}); README untouched")
+    elif len(cases) == len(CASES):
+        RESULTS.write_text(text)
         README.write_text(replace_readme_block(README.read_text(), block))
         _say(f"wrote {RESULTS} and the benchmark block of {README}")
     else:
-        (logs / "results.md").write_text(results_file(block))
+        (logs / "results.md").write_text(text)
         _say(f"some cases only: wrote {logs / 'results.md'} (README and bench/results.md untouched)")
     _say(f"benchmark wall time {wall / 60:.1f} min")
     return 0

@@ -5,10 +5,14 @@
 # each measured run on a freshly emptied engine.
 #
 #   bash bench/run.sh [--runs N] [--cases clean,no-change,code,chain,deps]
+#                     [--engine host|classic|containerd]
 #
 # Installs/starts the local stack (scripts/stack.sh), then `python -m bench` starts its own
 # registries and moto on free 127.0.0.1 ports, makes the local base images, runs every case
 # and writes bench/results.md and the README's benchmark block (full runs only).
+# --engine classic|containerd: on Debian sid's Docker 28.5 + buildx 0.29 with that image
+# store, started for the run (needs root); the pip step installs from wheels downloaded on
+# the host (bench/offline.py); writes bench/results-<engine>.md, not the README.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
