@@ -1,7 +1,7 @@
 """The rules Lambda enforces on a container image, checked before Lambda refuses it.
 
 `imagefacts.ImageFacts` is what the rules need to know about one image, read either from
-the engine (`Engine.facts`, after a build) or from the registry (`facts_from_registry`,
+the engine (`imagefacts.facts_from_engine`, after a build) or from the registry (`facts_from_registry`,
 before a deploy). `check_image` is pure: facts, platform and invoke mode in, violations out.
 `require_lambda_compatible` turns the violations into one `CheckError` line.
 
@@ -45,7 +45,6 @@ WARN_IMAGE_BYTES = 8 * 1024**3
 # Lambda Web Adapter's Dockerfile instructions put it.
 WEB_ADAPTER_PATH = "/opt/extensions/lambda-adapter"
 WEB_ADAPTER_ENV = "AWS_LWA_INVOKE_MODE"
-# BuildKit marks provenance and SBOM manifests in an index with this annotation.
 
 # The function URL's invoke modes, as the inputs and the plan spell them.
 INVOKE_MODES = ("buffered", "response-stream")

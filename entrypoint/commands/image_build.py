@@ -82,7 +82,6 @@ def build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> build
             built = buildkit.run_build(argv, env, request)
         if inputs.cache == "local" and inputs.cache_dir is not None:
             cache.rotate_local_cache(inputs.cache_dir)
-        github.info(f"  image {built.image_id}")
         if built.cached_steps:
             github.info(f"  from cache: {'; '.join(built.cached_steps)}")
         return built

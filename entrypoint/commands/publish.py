@@ -122,8 +122,10 @@ def produce(
     with build_slot:
         cancel.raise_if_requested()  # a cancel while this image waited for its turn
         image_build.build(plan, target, builders())
-    # The image as the engine names it under the tag the build gave it, whatever its store.
+    # The image as the engine names it under the tag the build gave it, whatever its store
+    # (the iidfile's digest is the config's on the containerd store, unknown to the engine).
     job.image_id = engine.image_id(plan.local_image)
+    github.info(f"  image {job.image_id}")
     image_build.check(plan, engine, job.image_id)
     if target is None:
         github.notice(
