@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -102,18 +104,24 @@ def prepare(job: Job, environ: Mapping[str, str], *, describe: bool = True) -> N
         github.notice(hint)
 
 
+def look_up(job: Job, engine: Engine) -> None:
+    """The image this publish can reuse without building (its fingerprint, or an immutable
+    commit tag), if it has a registry to look in."""
+    if job.target is not None:
+        with github.stage("look for an image built from the same sources"):
+            job.manifest, job.source = _reuse(job.plan, job.target, engine)
+
+
 def produce(
     job: Job,
     engine: Engine,
     builders: Callable[[], buildkit.Builder],
     build_slot: AbstractContextManager[Any],
 ) -> None:
-    """Reuse or build the image, check it, and push it under its commit tag. Moves nothing.
-    `builders`: the builder to use (made on first call); `build_slot`: held while building."""
+    """Tag the image look_up found, or build, check and push it under its commit tag. Moves
+    nothing. `builders`: the builder to use (made on first call); `build_slot`: held while
+    building."""
     plan, target = job.plan, job.target
-    if target is not None:
-        with github.stage("look for an image built from the same sources"):
-            job.manifest, job.source = _reuse(plan, target, engine)
     if job.manifest is not None:
         assert target is not None
         with github.stage(f"tag {plan.reference(plan.commit_tag)}"):
@@ -165,23 +173,47 @@ def verify(job: Job) -> None:
         _advance_anchor(plan, target, manifest)
 
 
-def probe_engine(
-    mode: cache.CacheMode, builder_name: str | None = None
-) -> tuple[Engine, buildkit.Builder, cache.CacheSupport]:
-    if not builder_name:
-        # The engine first: one that does not answer is the one line, before CLI probes wait on it.
-        engine = Engine.connect()
-        builder = _on_store(buildkit.detect_builder(), engine)
-        return engine, builder, cache.check_supported(mode, builder)
-    builder = buildkit.detect_builder(builder_name)
-    environ: Mapping[str, str] = os.environ
-    if builder.context:
-        # The build lands in that context's engine; the checks, smoke boot and push follow it.
-        kept = {k: v for k, v in os.environ.items() if k not in ENGINE_VARIABLES}
-        environ = kept | {"DOCKER_CONTEXT": builder.context}
-    engine = Engine.connect(environ)
-    builder = _on_store(builder, engine)
-    return engine, builder, cache.check_supported(mode, builder)
+class EngineProbe:
+    """The engine, then its builder, probed in a thread of their own from the start, while
+    the ECR login runs. The engine answers in one API call and the source lookup needs it;
+    the builder takes a few docker CLI runs (a third of a second on Docker 28) and is waited
+    for only by the stage that reports it, after the lookup. The engine is asked first, so
+    one that does not answer is the one error line, before CLI probes wait on it; a named
+    builder comes first instead, as its Docker context decides which engine that is."""
+
+    def __init__(self, mode: cache.CacheMode, builder_name: str | None = None) -> None:
+        self._engine: Future[Engine] = Future()
+        self._builder: Future[tuple[buildkit.Builder, cache.CacheSupport]] = Future()
+        threading.Thread(target=self._probe, args=(mode, builder_name), name="engine-probe").start()
+
+    def engine(self) -> Engine:
+        return self._engine.result()
+
+    def builder(self) -> tuple[buildkit.Builder, cache.CacheSupport]:
+        return self._builder.result()
+
+    def _probe(self, mode: cache.CacheMode, builder_name: str | None) -> None:
+        try:
+            named = buildkit.detect_builder(builder_name) if builder_name else None
+            engine = Engine.connect(_engine_environ(named))
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
+            self._engine.set_exception(exc)
+            self._builder.set_exception(exc)
+            return
+        self._engine.set_result(engine)
+        try:
+            builder = _on_store(named or buildkit.detect_builder(), engine)
+            self._builder.set_result((builder, cache.check_supported(mode, builder)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
+            self._builder.set_exception(exc)
+
+
+def _engine_environ(named: buildkit.Builder | None) -> Mapping[str, str]:
+    if named is None or not named.context:
+        return os.environ
+    # The build lands in that context's engine; the checks, smoke boot and push follow it.
+    kept = {k: v for k, v in os.environ.items() if k not in ENGINE_VARIABLES}
+    return kept | {"DOCKER_CONTEXT": named.context}
 
 
 def _on_store(builder: buildkit.Builder, engine: Engine) -> buildkit.Builder:

@@ -132,23 +132,27 @@ def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> Relea
     with github.stage("plan"):
         _plan(jobs, release, environ)
 
-    # The engine and CLI probes (a few docker CLI runs) overlap the ECR login (network round
-    # trips): neither has side effects, and a fault in either is reported all the same.
+    # The engine and builder probes (an API call, then a few docker CLI runs) overlap the ECR
+    # login (network round trips) and, for one image, the source lookup: none of them has a
+    # side effect, and a fault in any is reported all the same.
+    probe = publish.EngineProbe(first.cache, first.builder)
     session: Session | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-probe") as pool:
-        probing = pool.submit(publish.probe_engine, first.cache, first.builder)
-        if first.push:
-            with github.stage("log in to Amazon ECR"):
-                session = publish.log_in(first)
-                if release.single:
-                    publish.connect(jobs[0], session)
-        with github.stage("check the Docker engine"):
-            engine, builder, support = probing.result()
-            github.info(f"  engine: {engine.endpoint.describe()}, {engine.architecture}")
-            named = f" '{builder.name}' (input 'builder', used as it is)" if builder.chosen else ""
-            github.info(f"  builder{named}: {builder.kind} ({builder.version}), driver {builder.driver}")
-            if support.note:
-                github.info(f"  cache: {support.note}")
+    if first.push:
+        with github.stage("log in to Amazon ECR"):
+            session = publish.log_in(first)
+            if release.single:
+                publish.connect(jobs[0], session)
+    if release.single and jobs[0].target is not None:
+        # The lookup needs the engine only; the build or the commit tag come after the check.
+        publish.look_up(jobs[0], probe.engine())
+    with github.stage("check the Docker engine"):
+        engine = probe.engine()
+        builder, support = probe.builder()
+        github.info(f"  engine: {engine.endpoint.describe()}, {engine.architecture}")
+        named = f" '{builder.name}' (input 'builder', used as it is)" if builder.chosen else ""
+        github.info(f"  builder{named}: {builder.kind} ({builder.version}), driver {builder.driver}")
+        if support.note:
+            github.info(f"  cache: {support.note}")
 
     seconds: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
@@ -206,6 +210,7 @@ def _produce_all(
                 if session is not None:
                     with github.stage(f"look up {job.plan.inputs.repository}"):
                         publish.connect(job, session)
+                publish.look_up(job, engine)
                 publish.produce(job, engine, builders, slots)
                 ok = True
         finally:

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -107,7 +106,14 @@ def _xml_field(text: str, field: str) -> str:
 class Ecr:
     def __init__(self, region: str, client: ECRClient | None = None) -> None:
         self.region = region
-        self._client: ECRClient = client or boto3.client("ecr", region_name=region, config=_CONFIG)
+        if client is None:
+            # Imported here, not at the top: boto3 (with s3transfer, which it always loads) is
+            # a sixth of the action's start-up, and this import runs while the engine probe's
+            # docker CLI runs in another thread.
+            import boto3  # noqa: PLC0415 - see above
+
+            client = boto3.client("ecr", region_name=region, config=_CONFIG)
+        self._client: ECRClient = client
 
     def login(self) -> RegistryLogin:
         try:
