@@ -1,6 +1,8 @@
 """The two ways of publishing that are compared, each timed as one unit.
 
-* action: `python -m entrypoint publish ...` as a subprocess (its venv already exists).
+* action: `python -I -m entrypoint publish ...` as a subprocess, as action.yml runs it: the
+  Python of the venv the action's own set-up made (scripts/action-python.sh, untimed, once per
+  benchmark; bench/setup.py times the set-up), which holds only lock/runtime.txt.
 * plain: what a workflow without the action does: an ECR token (boto3, in this process, so
   no interpreter start-up is counted against it), `docker login --password-stdin`,
   `DOCKER_BUILDKIT=1 docker build`, `docker tag` to the environment and `latest`, and
@@ -15,13 +17,15 @@ cli-plugins (buildx 0.29), so `docker build` is `docker buildx build` there.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from tests.support.stack import REPO_ROOT, docker_cli
+from tests.support.act import runner_path
+from tests.support.stack import docker_cli
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -70,15 +74,33 @@ def _failed(what: str, code: int, log: str) -> PublishFailed:
     return PublishFailed(f"{what} exited with code {code}; last lines of its log:\n{tail}")
 
 
+def action_python(source: Path, runner_temp: Path) -> str:
+    """The Python the action's set-up gives the publish step: a venv with lock/runtime.txt
+    and the entrypoint package of `source` (a folder holding entrypoint/, lock/, scripts/)."""
+    runner_temp.mkdir(parents=True, exist_ok=True)
+    output = runner_temp / "github-output"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+    env["PATH"] = runner_path(env["PATH"])  # the runner's python3, not this venv's
+    done = subprocess.run(
+        ["bash", str(source / "scripts" / "action-python.sh")],
+        env=env | {"ACTION_PATH": str(source), "RUNNER_TEMP": str(runner_temp), "GITHUB_OUTPUT": str(output)},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise _failed("scripts/action-python.sh", done.returncode, done.stdout + done.stderr)
+    return output.read_text().strip().rpartition("python=")[2]
+
+
 @dataclass(frozen=True)
 class Action:
     env: Mapping[str, str]
-    source: Path = REPO_ROOT  # the folder holding the entrypoint package that is measured
+    python: str  # the venv's python from action_python
     name: ApproachName = "action"
 
     def publish(self, ws: Workspace, target: Target, docker_config: Path) -> Published:
         argv = [
-            sys.executable,
+            self.python,
+            "-I",
             "-m",
             "entrypoint",
             "publish",
@@ -95,7 +117,7 @@ class Action:
             "--build-args",
             "\n".join(f"{k}={v}" for k, v in target.build_args),
         ]
-        env = {**self.env, "PYTHONPATH": str(self.source), "DOCKER_CONFIG": str(docker_config)}
+        env = {**self.env, "DOCKER_CONFIG": str(docker_config)}
         started = time.monotonic()
         done = subprocess.run(
             argv,

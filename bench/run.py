@@ -43,7 +43,7 @@ import docker
 import requests
 from docker.errors import DockerException
 
-from bench.approaches import Action, Plain, PublishFailed, Target
+from bench.approaches import Action, Plain, PublishFailed, Target, action_python
 from bench.cases import CASE_KEYS, CASES, Case, example_workspace
 from bench.engine import (
     ENGINE_KINDS,
@@ -284,7 +284,14 @@ def _os_name() -> str:
     return platform.system()
 
 
-_MEASURED = ("entrypoint", "examples/sse-streaming-lambda")
+# entrypoint/ with what the action's set-up reads (lock/, scripts/), and the example.
+_MEASURED = (
+    "entrypoint",
+    "lock",
+    "scripts/action-python.sh",
+    "scripts/install.py",
+    "examples/sse-streaming-lambda",
+)
 
 
 def _git(*args: str) -> str:
@@ -399,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 (logs / "Dockerfile.offline").write_text((example / "Dockerfile").read_text())
                 _say(f"{len(wheels)} wheels ({megabytes:.1f} MB) for python {python}: pip installs from them")
             ctx = Context(engine, client, ecr, prefix, Path(tmp), logs, build_args, example)
-            action = Action(env, source)
+            action = Action(env, action_python(source, Path(tmp) / "runner-temp"))
+            _say(f"the action runs as action.yml runs it: {action.python} -I -m entrypoint")
             approaches: tuple[Approach, ...] = (
                 action,
                 Plain(env, moto.endpoint, docker=engine.docker),

@@ -1,4 +1,5 @@
-"""`python -m bench.setup [--runs N]`: what a pinned action costs before it does anything.
+"""`python -m bench.setup [--runs N] [--engine host|classic|containerd]`: what a pinned action
+costs before it does anything.
 
 Three measurements, each on a fresh runner (a new RUNNER_TEMP, so nothing of an earlier
 run is reused), median of N:
@@ -19,6 +20,13 @@ is handed back to the host and touching it again is slow, so that without the dr
 sample's writes (a venv, then a 37 MB uv) cost more than the one before: 1.8 s, 2.5, 3.2, 3.9, 4.1.
 
 Writes bench/setup-results.md and the README block between the bench-setup markers.
+
+`--engine classic|containerd`: the whole action only (3.), on Debian sid's Docker 28.5 +
+buildx 0.29 with that image store (bench/engine.py): the job's DOCKER_HOST is that engine and
+sid's docker CLI is first on its PATH. The set-up alone (1., 2.) runs no docker command and is
+the same on every engine. The example builds from wheels downloaded on the host, as in
+`bench/run.py --engine` (that engine's namespace has no route out), for the untimed first
+publish only: the samples build nothing. Writes bench/setup-results-<engine>.md.
 """
 
 from __future__ import annotations
@@ -38,8 +46,9 @@ from pathlib import Path
 import boto3
 import docker
 
-from bench.cases import example_workspace
-from bench.engine import fresh_page_cache
+from bench.cases import EXAMPLE, example_workspace
+from bench.engine import ENGINE_KINDS, EngineKind, engine_facts, fresh_page_cache, open_engine
+from bench.offline import download_wheels, image_python, offline_example
 from bench.report import write_block
 from tests.support.act import action_checkout, publish_workflow, run_act, runner_path
 from tests.support.stack import (
@@ -103,11 +112,19 @@ def time_setup(action: Path, script: str | None, runner_temp: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.setup", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--engine", choices=ENGINE_KINDS, default="host")
     args = parser.parse_args(argv)
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-setup-") as tmp_name:
         tmp = Path(tmp_name)
         action = action_checkout(tmp / "action")
+        if args.engine != "host":
+            whole, facts = whole_action(tmp, action, args.runs, args.engine)
+            block = render_engine(whole, args.runs, time.monotonic() - began, args.engine, facts)
+            results = RESULTS.with_name(f"setup-results-{args.engine}.md")
+            results.write_text(f"# Set-up benchmark on the {args.engine} engine (Docker 28.5)\n\n{block}")
+            print(block)
+            return 0
         cold: list[float] = []
         old: list[float] = []
         warm: list[float] = []
@@ -120,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 if script is None:
                     warm.append(time_setup(action, None, temp))
                 shutil.rmtree(temp)
-        whole = whole_action(tmp, action, args.runs)
+        whole, _ = whole_action(tmp, action, args.runs, "host")
     took = time.monotonic() - began
     block = render(cold, old, warm, whole, args.runs, took)
     write_block(block, RESULTS, "Set-up benchmark", README, (START, END))
@@ -134,12 +151,27 @@ SETUP_STEP = "Main Prepare the action's Python environment"
 PUBLISH_STEP = "Main Build and publish the Lambda image"
 
 
-def whole_action(tmp: Path, action: Path, runs: int) -> dict[str, list[float]]:
+def whole_action(
+    tmp: Path, action: Path, runs: int, kind: EngineKind
+) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Step times under act, unchanged republish, fresh runner each time: the whole `uses:`
-    step, and its set-up and publish steps."""
-    with MotoServer() as moto, Registry(user=ECR_USER, password=ECR_PASSWORD) as registry:
-        client = docker.from_env(timeout=600)
-        base, adapter = ensure_python_base(client), ensure_adapter_standin(client)
+    step, and its set-up and publish steps; and what names the engine."""
+    with (
+        open_engine(kind) as engine,
+        MotoServer() as moto,
+        Registry(user=ECR_USER, password=ECR_PASSWORD) as registry,
+    ):
+        host = docker.from_env(timeout=600)
+        base, adapter = ensure_python_base(host), ensure_adapter_standin(host)
+        for image in (base, adapter):
+            engine.load_image(image)
+        engine.forward(int(registry.host.rsplit(":", 1)[1]))
+        example = EXAMPLE
+        if kind != "host":
+            wheels = tmp / "wheels"
+            download_wheels(EXAMPLE / "requirements.txt", wheels, image_python(host, base))
+            example = offline_example(EXAMPLE, tmp / "example-offline", wheels)
+        facts = engine_facts(engine)
         aws = {
             "AWS_ENDPOINT_URL": moto.endpoint,
             "AWS_ACCESS_KEY_ID": "bench",
@@ -147,9 +179,12 @@ def whole_action(tmp: Path, action: Path, runs: int) -> dict[str, list[float]]:
             "AWS_DEFAULT_REGION": REGION,
             "AWS_EC2_METADATA_DISABLED": "true",
         }
+        if kind != "host":
+            # The job's DOCKER_HOST, DOCKER_CONFIG (buildx 0.29) and PATH (sid's CLI first).
+            aws |= engine.cli_env({"PATH": runner_path(os.environ["PATH"])})
         boto3.client("ecr", region_name=REGION, endpoint_url=moto.endpoint, aws_access_key_id="bench",
                      aws_secret_access_key="bench").create_repository(repositoryName="bench-sse")  # fmt: skip
-        workspace = example_workspace(tmp / "consumer")
+        workspace = example_workspace(tmp / "consumer", example)
         workflow = tmp / "deploy.yml"
         workflow.write_text(
             publish_workflow(
@@ -176,7 +211,40 @@ def whole_action(tmp: Path, action: Path, runs: int) -> dict[str, list[float]]:
                 f"(set-up {times[SETUP_STEP][-1]:.2f} s, publish {times[PUBLISH_STEP][-1]:.2f} s)"
             )
             shutil.rmtree(cache, ignore_errors=True)
-        return times
+        return times, facts
+
+
+def render_engine(
+    steps: dict[str, list[float]], runs: int, took: float, kind: EngineKind, facts: dict[str, str]
+) -> str:
+    """The whole-action figures on a sid engine, with its goal."""
+    med = statistics.median
+    whole = steps[WHOLE]
+    verdict = "PASS" if med(whole) <= 3.0 else "MISS"
+    cache = "Page cache dropped before every sample." if os.geteuid() == 0 else "Page cache kept (not root)."
+    samples = ", ".join(f"{t:.2f}" for t in whole)
+    parts = (
+        f"set-up step {med(steps[SETUP_STEP]):.2f} s + publish step {med(steps[PUBLISH_STEP]):.2f} s "
+        "+ act's handling of the steps"
+    )
+    median = f"{med(whole):.2f}"
+    return f"""Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with \
+`bash bench/setup.sh --engine {kind} --runs {runs}` (median of {runs}; {took:.0f} s in all) on \
+{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, {runner_python()}. {cache}
+
+Engine: {facts["engine"]} ({facts["Docker"]}; buildx {facts["buildx"]}; storage driver \
+{facts["storage driver"]}; containerd image store: {facts["containerd image store"]}). The job reaches \
+it through DOCKER_HOST, with sid's docker CLI first on PATH; the example's first publish (untimed) \
+installs its packages from wheels downloaded on the host.
+
+| what | seconds | note |
+|---|--:|---|
+| whole action under act, fresh runner, unchanged republish | {median} | {parts} |
+
+| goal | result | measured |
+|---|---|---|
+| whole action, fresh runner, nothing changed: ≤ 3 s | **{verdict}** | {median} s (samples {samples}) |
+"""
 
 
 def render(
