@@ -103,6 +103,11 @@ def retry_after(response: requests.Response) -> float:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _anonymous(request: Any) -> Any:
+    """An auth that adds nothing: given instead of None, so requests reads no ~/.netrc."""
+    return request
+
+
 class Transport:
     def __init__(
         self,
@@ -123,7 +128,10 @@ class Transport:
         if own is None:
             raise RegistryError(f"'{shown(host, 120)}' is not a registry host", "set it to host[:port]")
         self.origin = own  # (scheme, host, port): where the login may go, and nowhere else
-        self._auth = (username, password)
+        # No username: anonymous, no Authorization header at all (an empty Basic login is
+        # still a login, and a token service may refuse it).
+        self._auth: tuple[str, str] | Callable[[Any], Any] = (username, password) if username else _anonymous
+        self._user = username
         self._bearer: dict[str, str] = {}
         self._budget_s = budget_s
         self._sleep = sleep
@@ -244,8 +252,13 @@ class Transport:
             self._bearer[_scope(path)] = self._token(challenge)
             response = self._send(method, path, **dict(kwargs))
         if response.status_code == 401:
+            if not self._user:
+                raise RegistryError(
+                    f"registry {self.host} refused anonymous access (HTTP 401: {registry_message(response)})",
+                    "read from a registry that allows anonymous pulls, or from one the ECR login reaches",
+                )
             raise RegistryError(
-                f"registry {self.host} refused the login for user '{self._auth[0]}' "
+                f"registry {self.host} refused the login for user '{self._user}' "
                 f"(HTTP 401: {registry_message(response)})",
                 "make sure 'registry' is the ECR registry of this account and region (or "
                 "accepts its credentials) and the role may call ecr:GetAuthorizationToken",
