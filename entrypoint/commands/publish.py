@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -104,12 +104,29 @@ def prepare(job: Job, environ: Mapping[str, str], *, describe: bool = True) -> N
         github.notice(hint)
 
 
-def look_up(job: Job, engine: Engine) -> None:
+def look_up(job: Job, engine: Engine, fingerprint: Future[Fingerprint] | None = None) -> None:
     """The image this publish can reuse without building (its fingerprint, or an immutable
-    commit tag), if it has a registry to look in."""
+    commit tag), if it has a registry to look in. `fingerprint`: computed already (see
+    fingerprint_early)."""
     if job.target is not None:
         with github.stage("look for an image built from the same sources"):
-            job.manifest, job.source = _reuse(job.plan, job.target, engine)
+            job.manifest, job.source = _reuse(job.plan, job.target, engine, fingerprint)
+
+
+def fingerprint_early(job: Job, engine: Callable[[], Engine]) -> Future[Fingerprint]:
+    """The job's source fingerprint, computed in a thread of its own while the ECR login
+    runs: hashing the context and resolving the base images need the engine, never the
+    registry. A fault is raised where the lookup reads the result, in its stage."""
+    done: Future[Fingerprint] = Future()
+
+    def work() -> None:
+        try:
+            done.set_result(_fingerprint(job.plan.inputs, engine()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
+            done.set_exception(exc)
+
+    threading.Thread(target=work, name="fingerprint", daemon=True).start()
+    return done
 
 
 def produce(
@@ -266,7 +283,20 @@ def loopback_registry(inputs: PublishInputs) -> bool:
     return inputs.registry is not None and is_loopback(inputs.registry)
 
 
-def _reuse(plan: Plan, target: Target, engine: Engine) -> tuple[Manifest | None, Fingerprint | None]:
+def _fingerprint(inputs: PublishInputs, engine: Engine) -> Fingerprint:
+    return compute_fingerprint(
+        inputs.dockerfile,
+        inputs.context,
+        inputs.build_args,
+        inputs.platform,
+        resolve_with_engine(engine.client),
+        secret_ids=[secret_id for secret_id, _ in inputs.secrets],
+    )
+
+
+def _reuse(
+    plan: Plan, target: Target, engine: Engine, early: Future[Fingerprint] | None = None
+) -> tuple[Manifest | None, Fingerprint | None]:
     """The image this publish can point its tags at without building, if there is one."""
     name = target.repository.name
     existing = target.current[plan.commit_tag]
@@ -277,14 +307,7 @@ def _reuse(plan: Plan, target: Target, engine: Engine) -> tuple[Manifest | None,
         )
         return target.registry.get_manifest(name, existing.digest), None
     inputs = plan.inputs
-    source = compute_fingerprint(
-        inputs.dockerfile,
-        inputs.context,
-        inputs.build_args,
-        inputs.platform,
-        resolve_with_engine(engine.client),
-        secret_ids=[secret_id for secret_id, _ in inputs.secrets],
-    )
+    source = early.result() if early is not None else _fingerprint(inputs, engine)
     for warning in source.warnings:
         github.warning(warning)
     github.info(
@@ -317,20 +340,24 @@ def connect(job: Job, session: Session) -> None:
     plan = job.plan = job.plan.with_registry(inputs.registry or session.login.registry)
     assert plan.registry is not None
     registry = session.client(plan.registry, "the 'registry' input")
-    registry.ping()
-    github.info(f"  logged in to {plan.registry} as {session.login.username}")
-    repository = session.ecr.repository(inputs.repository)
+    # Independent round trips, asked at once (from a runner each is tens of milliseconds);
+    # the registry's answer is reported first, as it comes first in the log.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecr") as pool:
+        described = pool.submit(session.ecr.repository, inputs.repository)
+        registry.ping()
+        github.info(f"  logged in to {plan.registry} as {session.login.username}")
+        repository = described.result()
     github.info(f"  repository {repository.name} exists (tags {repository.mutability})")
-    current = tags.look_up(registry, repository, plan.tags).current
+    anchor_tag = cache.inline_cache_anchor_tag(inputs.env) if inputs.cache == "registry-inline" else None
+    heads = tags.head_all(registry, repository.name, [*plan.tags, *([anchor_tag] if anchor_tag else [])])
+    current = tags.look_up(registry, repository, plan.tags, found=heads).current
     tags.require_movable(
         tags.Place(registry, repository, current),
         plan.moving_tags,
         stays=plan.commit_tag,
         nothing="nothing was pushed",
     )
-    anchor = None
-    if inputs.cache == "registry-inline":
-        anchor = registry.head_manifest(repository.name, cache.inline_cache_anchor_tag(inputs.env))
+    anchor = heads[anchor_tag] if anchor_tag else None
     job.target = Target(
         login=session.login, registry=registry, repository=repository, current=current, anchor=anchor
     )

@@ -136,6 +136,9 @@ def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> Relea
     # login (network round trips) and, for one image, the source lookup: none of them has a
     # side effect, and a fault in any is reported all the same.
     probe = publish.EngineProbe(first.cache, first.builder)
+    # One image's fingerprint (the context hashed, base images resolved) is computed during
+    # the login too; with several, each image's worker computes its own.
+    early = publish.fingerprint_early(jobs[0], probe.engine) if release.single and first.push else None
     session: Session | None = None
     if first.push:
         with github.stage("log in to Amazon ECR"):
@@ -144,7 +147,7 @@ def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> Relea
                 publish.connect(jobs[0], session)
     if release.single and jobs[0].target is not None:
         # The lookup needs the engine only; the build or the commit tag come after the check.
-        publish.look_up(jobs[0], probe.engine())
+        publish.look_up(jobs[0], probe.engine(), early)
     with github.stage("check the Docker engine"):
         engine = probe.engine()
         builder, support = probe.builder()
