@@ -10,6 +10,8 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from entrypoint.build.buildlog import LogReader
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
@@ -47,11 +49,16 @@ def observe_action(log: str) -> Observation:
 
 
 def observe_plain(log: str) -> Observation:
-    """From BuildKit's plain progress in `docker build`'s output: was the pip step CACHED?"""
+    """From BuildKit's plain progress in `docker build`'s output: did the pip step come from
+    the cache? Read as the action reads its own build (on the containerd store a step
+    imported from the inline cache is unpacked, not marked CACHED)."""
     header = _STEP_HEADER.search(log)
     if header is None:
         return Observation(skipped=False, dependencies="no build")
-    cached = re.search(rf"^#{header.group(1)} CACHED", log, re.MULTILINE)
+    reader = LogReader()
+    for line in log.splitlines():
+        reader.feed(line)
+    cached = reader.steps[header.group(1)].cached
     return Observation(skipped=False, dependencies="cached" if cached else "ran")
 
 

@@ -42,6 +42,12 @@ def test_plain_log_pip_step_cached_or_ran() -> None:
     assert observe_plain(header + "#10 DONE 5.8s\n") == Observation(False, "ran")
     assert observe_plain(header + "#10 CACHED\n") == Observation(False, "cached")
     assert observe_plain("Login Succeeded\n") == Observation(False, "no build")
+    # The containerd store: the step's layers fetched and unpacked from the inline cache, nothing run.
+    imported = (
+        "#10 sha256:7e9105dccf1e 12.90MB / 12.90MB 0.2s done\n#10 extracting sha256:7e9105dccf1e 3.2s done\n"
+    )
+    assert observe_plain(header + imported + "#10 DONE 3.5s\n") == Observation(False, "cached")
+    assert observe_plain(header + imported + "#10 0.512 Collecting fastapi\n") == Observation(False, "ran")
 
 
 def sample(case: str, approach: ApproachName, seconds: float, obs: Observation) -> Sample:

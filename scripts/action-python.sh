@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gives the action a Python with exactly its locked dependencies, without touching the job's
 # own Python: a venv in the runner's temp folder, keyed by the lock and the action's code,
-# reused when a job calls the action again. Writes `python=<path>` to GITHUB_OUTPUT.
+# reused when a job calls the action again, if it is still the one this script made (see
+# "Reuse" below). Writes `python=<path>` to GITHUB_OUTPUT.
 #
 # What is installed is lock/runtime.txt (and lock/ssh.txt when the Docker engine is reached
 # over ssh), nothing else: binary wheels only, every one checked against its sha256, no
@@ -9,8 +10,9 @@
 # API and installs them with pypa/installer (lock/setup.txt, hash-checked the same way): a
 # cold set-up takes about a second and a half, where `python -m venv` + `pip install` took
 # eight to ten, and uv two and a half (it first fetched its own 18 MB binary). The job's pip
-# and uv settings cannot change what is installed (-I, behaviour variables unset); an index
-# or mirror they name is still used to download, which the hashes make safe.
+# and uv settings cannot change what is installed (-I, behaviour variables unset, no pip
+# configuration file read by the fallback's pip); an index or mirror they name is still
+# used to download, which the hashes make safe.
 #
 # Only the action's code runs here: every Python start is isolated (-I), so neither the
 # workspace (the current folder, which Python would put first on sys.path) nor PYTHONPATH /
@@ -69,14 +71,72 @@ locks=("$runtime_lock")
 case "$(engine_host)" in
   ssh://*) locks+=("$ssh_lock") ;;
 esac
-temp="${RUNNER_TEMP:-/tmp}"
 # Keyed by everything that decides the environment: two refs of the action in one job do
 # not share one, and a changed lock (or the ssh extra) is a new one.
 key="$( {
   cat "${locks[@]}" "$setup_lock" "$action_path/scripts/install.py"
   find "$action_path/entrypoint" -name '*.py' -print0 | LC_ALL=C sort -z | xargs -0 cat
 } | sha256sum | cut -c1-16)"
-venv="$temp/lambda-image-publish-$key"
+
+# Reuse. The venv's name is no secret (anyone can compute the key), so a folder of that name
+# is taken only when no other user can have made or changed it, and only if it is still what
+# this script left:
+# - its temp folder is RUNNER_TEMP, else /tmp, whichever no other user can change: it and
+#   each folder above it belong to this user or root and are writable by no one else, or
+#   carry the sticky bit as /tmp does (others then neither remove nor rename what is ours).
+#   (A job container run as root sees RUNNER_TEMP owned by the runner's user: its /tmp.)
+#   Neither: nothing is shared, a private venv (mktemp -d) is made for this step alone;
+# - the venv folder is a real folder (not a link), owned by this user, mode 0700, so no
+#   other user can write in it. One of another user's is left alone (in /tmp it cannot be
+#   removed): the name is theirs, a private venv is made;
+# - .complete holds a sha256 over every path, mode, link target and file content in the
+#   venv, written when it was made and recomputed by the runner's Python (never the venv's)
+#   before each reuse: a venv that a later step installed into, or that was half-removed,
+#   is rebuilt. It cannot stop this same user (an earlier step of the job) from rewriting
+#   .complete as well; nothing here could, as that user can as well edit the action's files.
+# A reuse takes 0.13 to 0.16 s with the check (1100 files, 19 MB hashed), 0.04 without.
+uid="$(id -u)"
+shared_folder() { # $1 and every folder above it: what no other user can change
+  local dir="$1" dirs=() owner mode found=0
+  while [ -n "$dir" ]; do
+    dirs+=("$dir")
+    dir="${dir%/*}"
+  done
+  dirs+=(/)
+  while read -r owner mode; do
+    [ "$owner" = "$uid" ] || [ "$owner" = 0 ] || return 1
+    if (((8#$mode & 8#022) && !(8#$mode & 8#1000))); then return 1; fi
+    found=$((found + 1))
+  done < <(stat -c '%u %a' -- "${dirs[@]}" 2>/dev/null)
+  [ "$found" = "${#dirs[@]}" ]
+}
+ours() { # $1 is a folder of this user alone
+  [ ! -L "$1" ] && [ -d "$1" ] && [ "$(stat -c '%u %a' -- "$1")" = "$uid 700" ]
+}
+venv_digest() {
+  "$python" -I -S - "$1" <<'PYTHON'
+import hashlib, os, stat, sys
+
+total = hashlib.sha256()
+def visit(folder, prefix):
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        path = prefix + entry.name
+        if path == ".complete":
+            continue
+        info = entry.stat(follow_symlinks=False)
+        detail = ""
+        if stat.S_ISLNK(info.st_mode):
+            detail = os.readlink(entry.path)
+        elif stat.S_ISREG(info.st_mode):
+            with open(entry.path, "rb") as file:
+                detail = hashlib.sha256(file.read()).hexdigest()
+        total.update(f"{path}\0{info.st_mode:o}\0{detail}\0".encode("utf-8", "surrogateescape"))
+        if stat.S_ISDIR(info.st_mode):
+            visit(entry.path, path + "/")
+visit(sys.argv[1], "")
+print(total.hexdigest())
+PYTHON
+}
 
 write_output() {
   if [ -n "${GITHUB_OUTPUT:-}" ]; then
@@ -86,16 +146,37 @@ write_output() {
   fi
 }
 
-if [ -x "$venv/bin/python" ] && [ -f "$venv/.complete" ]; then
+temp=""
+for candidate in "${RUNNER_TEMP:-}" /tmp; do
+  if [ -n "$candidate" ] && candidate="$(cd "$candidate" 2>/dev/null && pwd -P)" && shared_folder "$candidate"; then
+    temp="$candidate"
+    break
+  fi
+done
+venv="$temp/lambda-image-publish-$key"
+private=""
+if [ -z "$temp" ]; then
+  temp="$(cd "${RUNNER_TEMP:-/tmp}" && pwd -P)"
+  private="other users can change $temp or a folder above it"
+elif [ -L "$venv" ] || { [ -e "$venv" ] && [ "$(stat -c %u -- "$venv")" != "$uid" ]; }; then
+  private="$venv is not this user's"
+elif ours "$venv" && [ -f "$venv/.complete" ] && [ "$(venv_digest "$venv")" = "$(cat "$venv/.complete")" ]; then
   write_output
   exit 0
+elif ! rm -rf -- "$venv" 2>/dev/null || ! mkdir -m 700 -- "$venv" 2>/dev/null; then
+  private="$venv could not be made anew"
+fi
+if [ -n "$private" ]; then
+  echo "Not sharing the action's environment ($private): this step makes a private one."
+  venv="$(mktemp -d "$temp/lambda-image-publish-private-XXXXXXXX")"
 fi
 
 # The job's installer settings stay out: they could redirect the target, add packages or
 # allow source builds. Index, mirror, proxy and certificate settings stay in.
 while IFS= read -r name; do
   case "$name" in
-    PIP_INDEX_URL | PIP_EXTRA_INDEX_URL | PIP_TRUSTED_HOST | PIP_CERT | PIP_CLIENT_CERT | PIP_PROXY | PIP_DEFAULT_TIMEOUT) ;;
+    PIP_INDEX_URL | PIP_EXTRA_INDEX_URL | PIP_TRUSTED_HOST | PIP_CERT | PIP_CLIENT_CERT | PIP_PROXY) ;;
+    PIP_DEFAULT_TIMEOUT | PIP_TIMEOUT) ;;
     UV_INDEX_URL | UV_DEFAULT_INDEX) ;;
     *) unset "$name" ;;
   esac
@@ -105,15 +186,19 @@ uv_index="${UV_DEFAULT_INDEX:-${UV_INDEX_URL:-}}"
 if [ -n "$uv_index" ] && [ -z "${PIP_INDEX_URL:-}" ]; then
   export PIP_INDEX_URL="$uv_index"
 fi
-log="$temp/lambda-image-publish-setup-$key.log"
+# The installers' output, in a folder of this step's own (a fixed name in a shared /tmp
+# could be a link planted to make this script write elsewhere).
+work="$(mktemp -d "$temp/lambda-image-publish-setup-XXXXXXXX")"
+trap 'rm -rf -- "$work"' EXIT
+log="$work/install.log"
 
 explain() {
   # $1: what failed; the installer's own words are in $log.
   local why="the index could not be reached or refused the download"
   if grep -qiE 'hash|do not match' "$log"; then
     why="a downloaded wheel does not match its sha256 in the lock (the index served other bytes, or the lock was edited)"
-  elif grep -qiE 'not name==version' "$log"; then
-    why="a lock file is not as scripts/lock.py wrote it"
+  elif grep -qiE 'not name==version|not its wheel|URLs are fetched' "$log"; then
+    why="the index named a file that is not the locked wheel, or a URL that is not https"
   elif grep -qiE 'no matching distribution|not find a version|not available for|no wheels' "$log"; then
     why="the lock has no wheel for this runner's Python ($("$python" -c 'import sys; print(sys.version.split()[0])'))"
   fi
@@ -123,7 +208,6 @@ explain() {
   fail "$1 failed: $why. Fix: check the runner's access to the package index (or its mirror in pip or uv settings), use Python 3.10 or later, and do not edit lock/*.txt by hand (scripts/lock.py writes them)."
 }
 
-rm -rf "$venv"
 # Fast path (scripts/install.py): every locked wheel from the index's JSON API at once,
 # installed with pypa/installer. It exits 3 where it cannot (no JSON API, an index that
 # needs pip's credentials or does not answer) and the runner's pip installs the same locks,
@@ -131,18 +215,31 @@ rm -rf "$venv"
 status=0
 "$python" -I "$action_path/scripts/install.py" "$venv" "$action_path/entrypoint" "${locks[@]}" >"$log" 2>&1 || status=$?
 if [ "$status" = 3 ]; then
-  rm -rf "$venv"
-  cat "$log" >"$log.fast"
+  # Emptied, not removed: the folder keeps its mode 0700 and its name.
+  find "$venv" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +
+  mv "$log" "$work/fast.log"
   if ! "$python" -I -m venv --without-pip "$venv" >"$log" 2>&1; then
     explain "making the action's venv"
   fi
   site="$("$venv/bin/python" -I -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
   requirements=()
   for lock in "${locks[@]}"; do requirements+=(-r "$lock"); done
-  if ! "$python" -I -m pip install --disable-pip-version-check --no-input --quiet --no-deps \
-    --require-hashes --only-binary :all: --no-compile --no-cache-dir --target "$site" \
-    "${requirements[@]}" >"$log" 2>&1; then
-    grep -q "No module named pip" "$log" && fail "python3 at $python has no pip, and $(tail -n 1 "$log.fast"). Fix: let the runner reach the package index's JSON API, or install python3-pip."
+  # pip's configuration files can name more than an index: requirements ([install]
+  # requirement=), constraints, find-links, a target. pip reads none with PIP_CONFIG_FILE=
+  # /dev/null (--isolated would still read /etc/pip.conf, $XDG_CONFIG_DIRS/pip/pip.conf and
+  # the Python's own, and ignore the variables below), and gets from install.py only their
+  # network settings (index, mirrors, certificates, proxy, timeout) as its sole PIP_*
+  # variables, which keep a token in an index URL off the command line.
+  "$python" -I "$action_path/scripts/install.py" --pip-environment >"$work/pip-environment" 2>"$log" ||
+    explain "reading pip's network settings"
+  mapfile -t network <"$work/pip-environment"
+  if ! (
+    while IFS= read -r name; do unset "$name"; done < <(compgen -e | grep '^PIP_' || true)
+    export PIP_CONFIG_FILE=/dev/null "${network[@]}"
+    exec "$python" -I -m pip install --disable-pip-version-check --no-input --quiet --no-deps \
+      --require-hashes --only-binary :all: --no-compile --no-cache-dir --target "$site" "${requirements[@]}"
+  ) >"$log" 2>&1; then
+    grep -q "No module named pip" "$log" && fail "python3 at $python has no pip, and $(tail -n 1 "$work/fast.log"). Fix: let the runner reach the package index's JSON API, or install python3-pip."
     explain "installing the locked dependencies (lock/${locks[*]##*/lock/})"
   fi
   # The action's own package: copied, not built, so no build backend runs. actions-toolkit's
@@ -155,11 +252,10 @@ shutil.copytree(sys.argv[1], site / "entrypoint", ignore=shutil.ignore_patterns(
 shutil.rmtree(site / "tests", ignore_errors=True)
 compileall.compile_dir(site, quiet=2, workers=0)
 PYTHON
-  rm -f "$log.fast"
 elif [ "$status" != 0 ]; then
   explain "installing the locked dependencies (lock/${locks[*]##*/lock/})"
 fi
-touch "$venv/.complete"
-rm -f "$log"
+digest="$(venv_digest "$venv")"
+echo "$digest" >"$venv/.complete"
 echo "Set up the action's locked Python environment in $venv ($(( ($(date +%s%N) - started) / 1000000 )) ms)"
 write_output

@@ -21,6 +21,11 @@ path cannot work (an index without the JSON API, an index URL with credentials, 
 that does not answer): the caller falls back to pip, which reads the same locks with the
 same hashes. Exit 2 for bytes that are not in a lock, or a lock with no wheel for this
 Python: nothing falls back to fetch something else.
+
+`python -I install.py --pip-environment` prints, one `PIP_NAME=value` a line, the network
+settings (NETWORK_OPTIONS) that pip's configuration files and PIP_* variables give `pip
+install`, for that fallback: it reads no configuration file, as a pip.conf can also add
+requirements, a target or find-links, and takes only these back from here.
 """
 
 from __future__ import annotations
@@ -93,25 +98,74 @@ def read_pins(lock: Path) -> list[Pin]:
     return pins
 
 
+# pip's configuration keys (and their aliases) that only say where and how to download: the
+# one part of pip's settings the set-up takes. The rest (requirement, constraint, target,
+# find-links, no-index, pre, src...) would change what is installed or where.
+NETWORK_OPTIONS = {
+    "index-url": "index-url",
+    "pypi-url": "index-url",
+    "extra-index-url": "extra-index-url",
+    "trusted-host": "trusted-host",
+    "cert": "cert",
+    "client-cert": "client-cert",
+    "proxy": "proxy",
+    "timeout": "timeout",
+    "default-timeout": "timeout",
+}
+# pip splits these on whitespace into several values; the others are one value each.
+MANY_VALUES = frozenset({"extra-index-url", "trusted-host"})
+DEFAULT_INDEX = "https://pypi.org/simple/"  # pip's own, when nothing names one
+
+
 def pip_settings() -> dict[str, str]:
-    """pip's own reading of its configuration files and PIP_* variables, and its default
-    index as `index-url` when they name none. Without pip the caller needs a variable that
-    names the index, or falls back."""
+    """The network settings `pip install` would take from pip's configuration files and
+    PIP_* variables, with pip's precedence ([global], then [install], then the variables; a
+    later file over an earlier one). Without pip the caller needs a variable that names the
+    index, or falls back."""
     try:
         # pip's import is a fifth of a second: once, and not at all when variables name both
         # the index and its certificate.
         from pip._internal.configuration import Configuration  # noqa: PLC0415
-        from pip._internal.models.index import PyPI  # noqa: PLC0415
 
         config = Configuration(isolated=False)
         config.load()
-        settings = {key.split(".", 1)[1]: value for key, value in config.items()}
+        items = [(*key.split(".", 1), value) for key, value in config.items()]
     except Exception as error:  # noqa: BLE001 - no pip, its internals moved, or its files do not parse
         raise FallBack(f"pip's settings cannot be read here ({type(error).__name__})") from None
-    return {"index-url": PyPI.simple_url, **settings}
+    settings: dict[str, str] = {}
+    for section in ("global", "install", ":env:"):
+        for where, key, value in items:
+            if where == section and key in NETWORK_OPTIONS and isinstance(value, str) and value.strip():
+                settings[NETWORK_OPTIONS[key]] = value.strip()
+    return settings
+
+
+def variable_settings(env: dict[str, str]) -> dict[str, str]:
+    """The network settings of the PIP_* variables alone, as pip reads them, for a pip whose
+    configuration cannot be read here."""
+    settings: dict[str, str] = {}
+    for name, value in env.items():
+        key = name.removeprefix("PIP_").lower().replace("_", "-")
+        if name.startswith("PIP_") and key in NETWORK_OPTIONS and value.strip():
+            settings[NETWORK_OPTIONS[key]] = value.strip()
+    return settings
+
+
+def pip_environment(settings: dict[str, str]) -> list[str]:
+    """`settings` as the PIP_* variables that give them to pip. Variables, not options: an
+    index URL often carries a token, and a command line is readable by every user of the
+    machine. A single value over several lines cannot be one line of the list: left out, as
+    it could not have been a working path or URL either."""
+    variables = []
+    for key, value in settings.items():
+        one = " ".join(value.split()) if key in MANY_VALUES else value
+        if "\n" not in one and "\r" not in one:
+            variables.append(f"PIP_{key.upper().replace('-', '_')}={one}")
+    return variables
 
 
 def index_and_cafile(env: dict[str, str]) -> tuple[str, str | None]:
+    """The index and CA file of pip's settings: this path uses nothing else of them."""
     variables = ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL")
     named = next((env[name] for name in variables if env.get(name)), "")
     settings: dict[str, str] = {}
@@ -121,7 +175,7 @@ def index_and_cafile(env: dict[str, str]) -> tuple[str, str | None]:
         except FallBack:
             if not named:
                 raise
-    index = (named or settings["index-url"]).split()[0]
+    index = (named or settings.get("index-url") or DEFAULT_INDEX).split()[0]
     cafile = env.get("PIP_CERT") or settings.get("cert") or None
     if urllib.parse.urlsplit(index).username:
         raise FallBack("the index URL carries credentials")
@@ -135,12 +189,27 @@ class Index:
 
     def __init__(self, url: str, cafile: str | None) -> None:
         self.url = url
-        self._context = ssl.create_default_context(cafile=cafile)
+        # Files are fetched over https, or http from an http index: never another scheme a
+        # page names (file:// would read this runner's files, ftp:// reach other hosts); the
+        # hashes make the host irrelevant. urlopen's opener also handles file, ftp and data
+        # URLs, which a redirect could reach too: this one has only HTTP's handlers.
+        self.schemes = frozenset({"https", urllib.parse.urlsplit(url).scheme})
+        self._opener = urllib.request.OpenerDirector()
+        for handler in (
+            urllib.request.ProxyHandler(),
+            urllib.request.UnknownHandler(),
+            urllib.request.HTTPHandler(),
+            urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=cafile)),
+            urllib.request.HTTPDefaultErrorHandler(),
+            urllib.request.HTTPRedirectHandler(),
+            urllib.request.HTTPErrorProcessor(),
+        ):
+            self._opener.add_handler(handler)
 
     def _get(self, url: str, accept: str | None = None) -> bytes:
         request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})  # noqa: S310 - http(s) only, checked above
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT, context=self._context) as response:  # noqa: S310
+            with self._opener.open(request, timeout=TIMEOUT) as response:
                 if accept and "json" not in response.headers.get("Content-Type", ""):
                     raise FallBack(f"{url} does not serve the JSON index API")
                 data: bytes = response.read()
@@ -169,13 +238,56 @@ class Index:
                 found.append((entry["filename"], urllib.parse.urljoin(page_url, entry["url"]), sha))
         return found
 
-    def download(self, url: str, sha: str, pin: Pin, folder: Path) -> Path:
+    def download(self, wheel: tuple[str, str, str], pin: Pin, folder: Path) -> Path:
+        filename, url, sha = wheel
+        if urllib.parse.urlsplit(url).scheme not in self.schemes:
+            raise Refused(
+                f"the index names {url} for {filename}: only {' or '.join(sorted(self.schemes))} URLs "
+                "are fetched"
+            )
+        path = folder / plain_wheel_name(filename, pin)
         data = self._get(url)
         if hashlib.sha256(data).hexdigest() != sha:
             raise Refused(f"the wheel at {url} does not match its sha256 hash in {pin.lock}")
-        path = folder / url.rsplit("/", 1)[-1].split("#", 1)[0]
         path.write_bytes(data)
         return path
+
+
+_WHEEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+!-]*\.whl")
+
+
+def plain_wheel_name(filename: str, pin: Pin) -> str:
+    """The name a wheel of `pin` is saved under: the index's `filename` (not the URL's last
+    segment, which says nothing), and only a plain wheel file name of that project, with no
+    folder or `..` in it. installer reads the project and version from this name;
+    pinned_wheel_tags checks the version once packaging is there."""
+    project = filename.split("-", 1)[0]
+    if (
+        not _WHEEL_NAME.fullmatch(filename)
+        or ".." in filename
+        or normalised(project, "_") != normalised(pin.name, "_")
+    ):
+        raise Refused(not_a_wheel_of(filename, pin))
+    return filename
+
+
+def not_a_wheel_of(filename: str, pin: Pin) -> str:
+    return f"the index names the file {filename!r} for {pin.name} {pin.version} in {pin.lock}: not its wheel"
+
+
+def pinned_wheel_tags(filename: str, pin: Pin) -> frozenset[Any]:
+    """The tags of a wheel file name that packaging parses to `pin`'s project and version."""
+    from packaging.utils import canonicalize_name, parse_wheel_filename  # noqa: PLC0415 - from its wheel
+    from packaging.version import Version  # noqa: PLC0415
+
+    try:
+        name, version, _, tags = parse_wheel_filename(filename)
+        pinned = name == canonicalize_name(pin.name) and version == Version(pin.version)
+    except ValueError:  # InvalidWheelFilename, InvalidVersion
+        pinned = False
+    if not pinned:
+        raise Refused(not_a_wheel_of(filename, pin))
+    return tags
 
 
 def normalised(name: str, separator: str) -> str:
@@ -190,7 +302,10 @@ def locked_wheels(pin: Pin, files: list[tuple[str, str, str]]) -> list[tuple[str
 
 def is_pure(filename: str) -> bool:
     """A wheel for any Python 3 on any platform (`-py3-none-any`, `-py2.py3-none-any`)."""
-    python, abi, platform = filename.removesuffix(".whl").split("-")[-3:]
+    parts = filename.removesuffix(".whl").split("-")
+    if len(parts) not in (5, 6):  # not a wheel's name: ranked_wheel refuses it
+        return False
+    python, abi, platform = parts[-3:]
     return abi == "none" and platform == "any" and "py3" in python.split(".")
 
 
@@ -205,12 +320,10 @@ def pure_wheel(pin: Pin, files: list[tuple[str, str, str]]) -> tuple[str, str, s
 
 def ranked_wheel(pin: Pin, files: list[tuple[str, str, str]], rank: dict[Any, int]) -> tuple[str, str, str]:
     """The locked wheel whose tags come first in this Python's order (packaging.tags)."""
-    from packaging.utils import parse_wheel_filename  # noqa: PLC0415 - imported from its wheel
-
     locked = locked_wheels(pin, files)
     best: tuple[int, tuple[str, str, str]] | None = None
     for wheel in locked:
-        ranks = [rank[tag] for tag in parse_wheel_filename(wheel[0])[3] if tag in rank]
+        ranks = [rank[tag] for tag in pinned_wheel_tags(wheel[0], pin) if tag in rank]
         if ranks and (best is None or min(ranks) < best[0]):
             best = (min(ranks), wheel)
     if not locked:
@@ -387,18 +500,21 @@ def install(venv_path: Path, package: Path, locks: list[Path], env: dict[str, st
             wheel = pure_wheel(pin, pages[pin.name].result())
             if wheel is None:
                 raise Refused(f"{pin.lock} has no pure-Python wheel of {pin.name} {pin.version}")
-            return index.download(wheel[1], wheel[2], pin, downloads)
+            return index.download(wheel, pin, downloads)
 
         def fetch(pin: Pin) -> Path | None:
             # Pure wheels need no tag ranking: botocore's 17 MB start at once.
             files = pages[pin.name].result()
             wheel = pure_wheel(pin, files) or ranking.wheel(pin, files)
-            return None if wheel is None else index.download(wheel[1], wheel[2], pin, downloads)
+            return None if wheel is None else index.download(wheel, pin, downloads)
 
-        tools = [pool.submit(boot_wheel, pin) for pin in boot]
-        wanted = [pool.submit(fetch, pin) for pin in pins]
+        tools = {pool.submit(boot_wheel, pin): pin for pin in boot}
+        wanted = {pool.submit(fetch, pin): pin for pin in pins}
         sys.path[:0] = [str(f.result()) for f in tools]
         ranking.load()
+        # Their bytes are the lock's (hash-checked), so importing them before this is safe.
+        for tool, pin in tools.items():
+            pinned_wheel_tags(tool.result().name, pin)
         from installer import install as install_wheel  # noqa: PLC0415 - imported from its wheel
         from installer.sources import WheelFile  # noqa: PLC0415
 
@@ -412,6 +528,7 @@ def install(venv_path: Path, package: Path, locks: list[Path], env: dict[str, st
             wheel = done.result()
             if wheel is None:
                 continue
+            pinned_wheel_tags(wheel.name, wanted[done])
             with WheelFile.open(wheel) as source:
                 install_wheel(
                     unused_models_left_out(source), destination, {"INSTALLER": b"lambda-image-publish\n"}
@@ -429,9 +546,20 @@ def install(venv_path: Path, package: Path, locks: list[Path], env: dict[str, st
     return installed
 
 
+def print_pip_environment(env: dict[str, str]) -> int:
+    try:
+        settings = pip_settings()
+    except FallBack:
+        settings = variable_settings(env)  # the fallback's pip fails, or reads these alone
+    print("".join(f"{variable}\n" for variable in pip_environment(settings)), end="")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--pip-environment"]:
+        return print_pip_environment(dict(os.environ))
     if len(argv) < 3:
-        print("usage: install.py VENV PACKAGE LOCK [LOCK...]", file=sys.stderr)
+        print("usage: install.py VENV PACKAGE LOCK [LOCK...] | install.py --pip-environment", file=sys.stderr)
         return 64
     venv_path, package, locks = Path(argv[0]), Path(argv[1]), [Path(a) for a in argv[2:]]
     try:

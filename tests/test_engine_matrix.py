@@ -108,13 +108,29 @@ def test_publish_smoke_boot_skip_and_code_change(
     assert again.outputs["digest"] == digest
     assert registry.manifest(repo, web_app.head)[0] == digest
 
-    # A code change: a new image, and the environment tag follows it.
+    # A code change on an emptied engine, as on a new runner: a new image, the step before the
+    # change comes from the previous image's inline cache (on the containerd store its layers
+    # are fetched and unpacked, and BuildKit does not mark it CACHED), and the environment tag
+    # follows it.
+    _empty(sid_engine, repo)
     web_app.commit_files({"www/index.html": "v2\n"}, "v2")
     changed = _publish(web_app, registry.host, tmp_path, repo, engine_env)
     assert changed.code == 0, changed.log
+    from_cache = [line for line in changed.stdout.splitlines() if line.startswith("  from cache: ")]
+    assert len(from_cache) == 1 and "COPY --from=" in from_cache[0], changed.stdout
+    assert "COPY www/" not in from_cache[0]
     assert changed.outputs["digest"] != digest
     assert registry.manifest(repo, "preprod")[0] == changed.outputs["digest"]
     _single_amd64_manifest(registry, repo, changed.outputs["digest"])
+
+
+def _empty(engine: Engine, repo: str) -> None:
+    """The engine as a new runner has it: none of this repository's images, no build cache."""
+    listed = engine.cli("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    ours = [name for name in listed if name.rpartition(":")[0].rpartition("/")[2] == repo]
+    if ours:
+        engine.cli("image", "rm", "--force", *ours)
+    engine.cli("builder", "prune", "--all", "--force")
 
 
 @pytest.mark.parametrize("mode", ["none", "registry", "local"])

@@ -212,7 +212,8 @@ def test_per_image_keys_and_defaults(
         },
         "keys",
     )
-    run = release(services, registry, prefix, tmp_path, "--build-args", "SHARED=yes\nFLAVOUR=plain")
+    args = ("--build-args", "SHARED=yes\nFLAVOUR=plain", "--config-tags", "blue")
+    run = release(services, registry, prefix, tmp_path, *args)
     assert run.code == 0, run.log
     api = f"{prefix}-preprod-api"
     digest = json.loads(run.outputs["images"])["api"]["digest"]

@@ -54,12 +54,15 @@ def test_the_release_workflow_checks_tests_then_publishes() -> None:
     test_steps = [s.get("run", "") for s in jobs["test"]["steps"]]
     assert 'python3 scripts/release_check.py "$GITHUB_REF_NAME"' in test_steps
     assert "bash scripts/test.sh" in test_steps
-    assert jobs["release"]["needs"] == "test"
+    assert jobs["image"]["needs"] == "test"
+    assert jobs["release"]["needs"] == ["test", "image"]
+    build = "\n".join(s.get("run", "") for s in jobs["image"]["steps"])
+    assert "--provenance=false" in build and "containerimage.digest" in build
     script = "\n".join(s.get("run", "") for s in jobs["release"]["steps"])
-    assert "--provenance=false" in script and "containerimage.digest" in script
     assert "gh release create" in script
     assert 'git push --force origin "refs/tags/$major"' in script
-    assert workflow["permissions"] == {"contents": "read"}
+    # Who may write what: tests/test_trust_supply.py.
+    assert workflow["permissions"] == {}
 
 
 def test_ci_runs_the_readme_test_command() -> None:

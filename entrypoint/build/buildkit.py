@@ -7,6 +7,7 @@ else `DOCKER_BUILDKIT=1 docker build` (docker-py cannot drive BuildKit).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from entrypoint import cancel, github
 from entrypoint.build.buildlog import LogReader, StepLog, build_failure
 from entrypoint.cancel import Cancelled
+from entrypoint.engine.endpoint import client_environment
 from entrypoint.errors import BuildError, EngineError
 
 if TYPE_CHECKING:
@@ -75,8 +77,13 @@ class BuildResult:
         return tuple(s.name for s in self.steps if s.cached)
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """A docker CLI run that is not the build (inspect, version, create, bootstrap): with the
+    allow-listed environment the build's CLI gets, never the job's AWS credentials or tokens
+    (the CLI reaching an ssh:// engine runs ssh with it, too)."""
+    return subprocess.run(
+        argv, capture_output=True, text=True, check=False, timeout=timeout, env=client_environment(os.environ)
+    )
 
 
 def detect_builder(name: str | None = None) -> Builder:
@@ -200,13 +207,7 @@ def container_builder(builder: Builder, *, allow_host_network: bool) -> Iterator
 
 def _bootstrap(builder: Builder) -> None:
     try:
-        boot = subprocess.run(
-            [builder.cli, "buildx", "inspect", "--bootstrap", CONTAINER_BUILDER],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
+        boot = _run([builder.cli, "buildx", "inspect", "--bootstrap", CONTAINER_BUILDER], timeout=300)
     except subprocess.TimeoutExpired as exc:
         raise EngineError(
             "the buildx docker-container builder did not start in 300 s",

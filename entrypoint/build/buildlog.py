@@ -19,14 +19,29 @@ if TYPE_CHECKING:
 @dataclass
 class StepLog:
     name: str
-    cached: bool = False
+    marked_cached: bool = False  # BuildKit printed CACHED
+    imported: bool = False  # layers were fetched or unpacked for it: a result from the cache
+    ran: bool = False  # its process printed output
     error: str = ""
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    @property
+    def cached(self) -> bool:
+        """Whether the step's result came from a cache. On the containerd image store a step
+        found in an imported cache is not marked CACHED: BuildKit fetches and unpacks its
+        layers under the step's own number (`#13 sha256:… done`, `#13 extracting sha256:…`)
+        and runs nothing. A FROM fetches layers too, and is no cache hit."""
+        if self.marked_cached:
+            return True
+        return self.imported and not self.ran and not self.error and " FROM " not in f" {self.name}"
 
 
 _HEADER = re.compile(r"^#(\d+) (?!\d+\.\d+ )(?!DONE\b)(?!CACHED\b)(?!ERROR\b)(.+)$")
 _OUTPUT = re.compile(r"^#(\d+) \d+\.\d+ (.*)$")
 _STATUS = re.compile(r"^#(\d+) (CACHED|ERROR:?)\s*(.*)$")
+# A layer fetched or unpacked for a step: `#13 sha256:7e91… 12.90MB / 12.90MB 0.2s done`,
+# `#13 extracting sha256:7e91…`, `#13 pulling sha256:7e91…` (the classic store's wording).
+_LAYER = re.compile(r"^#(\d+) (?:extracting |pulling )?sha256:[0-9a-f]{12,}\b")
 
 
 class LogReader:
@@ -43,16 +58,20 @@ class LogReader:
         if status:
             step = self.steps.setdefault(status.group(1), StepLog(name=f"#{status.group(1)}"))
             if status.group(2) == "CACHED":
-                step.cached = True
+                step.marked_cached = True
             else:
                 step.error = status.group(3)
                 self.failed = self.failed or step
             return
         output = _OUTPUT.match(line)
         if output:
-            self.steps.setdefault(output.group(1), StepLog(name=f"#{output.group(1)}")).tail.append(
-                output.group(2)
-            )
+            step = self.steps.setdefault(output.group(1), StepLog(name=f"#{output.group(1)}"))
+            step.ran = True
+            step.tail.append(output.group(2))
+            return
+        layer = _LAYER.match(line)
+        if layer:
+            self.steps.setdefault(layer.group(1), StepLog(name=f"#{layer.group(1)}")).imported = True
             return
         header = _HEADER.match(line)
         if header and header.group(1) not in self.steps:

@@ -73,6 +73,16 @@ class CacheSupport:
     note: str = ""  # what the action should tell the user, if anything
 
 
+def uses_registry(mode: CacheMode) -> bool:
+    """Whether BuildKit reads or writes this mode's cache in our registry, and so needs the
+    ECR login in the build: registry-inline imports the published images' inline cache (on
+    a first publish too, so that a Dockerfile works the same on every run), registry exports
+    and imports `buildcache-<env>`. gha, local and none never touch the registry, and a login
+    handed to their builds anyway would let a Dockerfile `FROM` any repository the role may
+    read; the image itself is pushed by the engine, with the login given to that push alone."""
+    return mode in ("registry-inline", "registry")
+
+
 def required_builder(mode: CacheMode) -> str:
     return _REQUIRED[mode]
 

@@ -1,6 +1,7 @@
 """What the docker CLI is given for a build: its environment (an allow-list of the job's,
 so neither the AWS credentials nor other steps' tokens reach it, and build-arg names that
-could steer it refused) and a private Docker config holding the ECR login."""
+could steer it or a process under it refused) and, for the cache modes that use our
+registry, a private Docker config holding the ECR login."""
 
 from __future__ import annotations
 
@@ -12,76 +13,85 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from entrypoint.engine.endpoint import CLIENT_ENVIRONMENT
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
 
-# What the docker CLI (and the BuildKit client in it) needs from the job's environment to
-# find and reach the engine, its config and the network. Nothing else of the job reaches
-# it: not the AWS credentials, not tokens of other steps.
-_CLI_ENVIRONMENT = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LANG",
-    "LC_ALL",
-    "TMPDIR",
-    "XDG_RUNTIME_DIR",  # rootless Docker's socket
-    "DOCKER_HOST",
-    "DOCKER_CONTEXT",
-    "DOCKER_TLS_VERIFY",
-    "DOCKER_CERT_PATH",
-    "DOCKER_API_VERSION",
-    "DOCKER_CONFIG",
-    "BUILDX_BUILDER",
-    "BUILDX_CONFIG",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-)
+# What the docker CLI (and the BuildKit client in it) gets of the job's environment: the
+# allow-list every child that talks to the engine gets (`engine.endpoint`), so neither the
+# AWS credentials nor other steps' tokens reach it.
+_CLI_ENVIRONMENT = CLIENT_ENVIRONMENT
 # BuildKit's gha cache reads these; only cache mode gha passes them.
 GHA_ENVIRONMENT = ("ACTIONS_RUNTIME_TOKEN", "ACTIONS_CACHE_URL", "ACTIONS_RESULTS_URL")
 
 # Names a build arg (an environment variable of the CLI, see `build_command`) must not
-# take: what the CLI, BuildKit's client, Go's runtime and TLS, git (which buildx runs for
-# build metadata), the dynamic loader or a shell would read as settings. DOCKER_HOST as a
-# build arg would send the build, with the registry login, to another engine.
+# take: what the CLI or a process under it reads as a setting. DOCKER_HOST as a build arg
+# would send the build, with the registry login, to another engine; SSH_AUTH_SOCK would
+# hand an ssh engine's connection another agent, HOSTALIASES another registry address.
+# Who reads what:
+# - the CLI, buildx and BuildKit's client: DOCKER_*, BUILDX_*, BUILDKIT_*, OTEL_* and
+#   JAEGER_TRACE (tracing endpoints), the proxies (ALL_PROXY, FTP_PROXY too), the CA
+#   bundle (SSL_*), the config's home (HOME, XDG_*), KUBECONFIG and KUBERNETES_* (buildx's
+#   kubernetes driver), ACTIONS_* (its gha cache), GITHUB_* and RUNNER_* (build metadata);
+# - Go's runtime: GODEBUG, GOGC, GOMAXPROCS, GOMEMLIMIT, GOTRACEBACK (not GOPROXY and
+#   GOFLAGS: Go's tool reads those, not a built binary, and Go builds pass them as ARGs);
+# - git, which buildx runs for build metadata: GIT_*, HOME, XDG_CONFIG_HOME, and a shell
+#   for its hooks and aliases: SHELL, IFS, ENV, BASH_ENV, PWD;
+# - ssh, for ssh:// engines: SSH_* (SSH_AUTH_SOCK, SSH_ASKPASS, SSH_ASKPASS_REQUIRE), DISPLAY
+#   (which makes it run SSH_ASKPASS);
+# - libc and the dynamic loader, in every one of them: LD_*, GCONV_PATH, NLSPATH, LOCPATH,
+#   MALLOC_*, GLIBC_TUNABLES, LC_*, the resolver's HOSTALIASES, LOCALDOMAIN, RES_OPTIONS
+#   and RESOLV_*, and NSS modules' NSS_* (nss_wrapper);
+# - a terminal: TERM.
+# Left to Dockerfiles: NODE_OPTIONS, PYTHON* and the like (nothing under the CLI is node or
+# Python), and TZ (a common ARG; it only changes the time zone of the CLI's log lines).
 _CLI_READS_PREFIXES = (
     "DOCKER_",
     "BUILDX_",
     "BUILDKIT_",
-    "LD_",
-    "GIT_",
     "OTEL_",
-    "XDG_",
     "SSL_",
-    "LC_",
+    "XDG_",
+    "KUBERNETES_",
     "ACTIONS_",
     "GITHUB_",
     "RUNNER_",
+    "GIT_",
+    "SSH_",
+    "LD_",
+    "MALLOC_",
+    "LC_",
+    "RESOLV_",
+    "NSS_",
 )
 _CLI_READS_NAMES = frozenset(
     {name.upper() for name in _CLI_ENVIRONMENT}
     | {
-        "SHELL",
-        "IFS",
-        "ENV",
-        "BASH_ENV",
-        "PWD",
-        "TERM",
         "ALL_PROXY",
         "FTP_PROXY",
         "JAEGER_TRACE",
+        "KUBECONFIG",
         "GODEBUG",
         "GOGC",
         "GOMAXPROCS",
         "GOMEMLIMIT",
         "GOTRACEBACK",
+        "SHELL",
+        "IFS",
+        "ENV",
+        "BASH_ENV",
+        "PWD",
+        "DISPLAY",
+        "GCONV_PATH",
+        "NLSPATH",
+        "LOCPATH",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "RES_OPTIONS",
+        "TERM",
     }
 )
 

@@ -69,7 +69,12 @@ def build(plan: Plan, target: Target | None, builder: buildkit.Builder) -> build
             os.environ, inputs.build_args, secrets=inputs.secrets, gha=mode == "gha"
         )
         with contextlib.ExitStack() as stack:
-            if target is not None and plan.registry:
+            if target is not None and plan.registry and not cache.uses_registry(mode):
+                github.info(
+                    f"  cache {mode}: the build gets no ECR login (a FROM of a private ECR image "
+                    "needs the job's own docker login)"
+                )
+            elif target is not None and plan.registry:
                 # BuildKit reads and writes registry cache with the CLI's credentials.
                 if env.get("DOCKER_TLS_VERIFY") and not env.get("DOCKER_CERT_PATH"):
                     # The CLI looks for a TLS engine's certificates in DOCKER_CONFIG by default.

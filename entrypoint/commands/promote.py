@@ -18,14 +18,16 @@ from entrypoint.commands.plan import resolve_commit
 from entrypoint.commands.publish import PublishResult
 from entrypoint.errors import CheckError, RegistryError
 from entrypoint.registry import tags, transfer
-from entrypoint.registry.client import index_entries, index_images, platform_of
+from entrypoint.registry.client import RegistryClient, index_entries, index_images, platform_of
+from entrypoint.registry.reference import is_ecr, is_loopback
 from entrypoint.registry.session import open_session
+from entrypoint.registry.transport import CredentialScope, Transport
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from entrypoint.inputs import PromoteInputs, RollbackInputs
-    from entrypoint.registry.client import Manifest, RegistryClient
+    from entrypoint.registry.client import Manifest
 
 
 def _checked(registry: RegistryClient, repository: str, manifest: Manifest, platform: str | None) -> None:
@@ -65,21 +67,42 @@ def promote(inputs: PromoteInputs, environ: Mapping[str, str]) -> PublishResult:
         github.info(f"  tags        : {commit}, {', '.join(moving)} (the commit tag first, then the rest)")
 
     with github.stage("log in to Amazon ECR"):
-        named = (((source.host, "source"),) if source.host else ()) + (
+        logged_in = not source.host or login_may_reach_source(source.host, inputs.registry)
+        named = (((source.host, "source"),) if source.host and logged_in else ()) + (
             ((inputs.registry, "registry"),) if inputs.registry else ()
         )
         session = open_session(inputs.region, named)
         target_host = inputs.registry or session.login.registry
         source_host = source.host or target_host
-        source_client = session.client(source_host, "the 'source' input")
         same_host = source_host.lower() == target_host.lower()
-        target_client = source_client if same_host else session.client(target_host, "the 'registry' input")
+        target_client = session.client(target_host, "the 'registry' input")
+        if same_host:
+            source_client = target_client
+        elif logged_in:
+            source_client = session.client(source_host, "the 'source' input")
+        else:
+            github.info(
+                f"  source registry {source_host} is read without credentials: the ECR login goes "
+                "only to ECR, the 'registry' input's host and this runner's loopback"
+            )
+            source_client = RegistryClient(
+                Transport(source_host, "", "", scope=CredentialScope(source_host), where="the 'source' input")
+            )
         repository = session.ecr.repository(inputs.repository)
         github.info(f"  repository {repository.name} exists (tags {repository.mutability})")
 
     with github.stage("read the source image"):
         reference = source.digest or source.tag or ""
-        found = source_client.head_manifest(source.repository, reference)
+        try:
+            found = source_client.head_manifest(source.repository, reference)
+        except RegistryError as exc:
+            if logged_in:
+                raise
+            raise RegistryError(
+                f"cannot read {source.text} without credentials: {exc.cause}; nothing was written",
+                "promote from the ECR registry the publish job pushed to (its image-uri output), "
+                "from the 'registry' input's host, or from a registry that allows anonymous pulls",
+            ) from exc
         if found is None:
             raise RegistryError(
                 f"{source_host}/{source.repository}{'@' if source.digest else ':'}{reference} is not in "
@@ -123,6 +146,17 @@ def promote(inputs: PromoteInputs, environ: Mapping[str, str]) -> PublishResult:
         digest=manifest.digest,
         references=tuple(place.reference(t) for t in (commit, *moving)),
     )
+
+
+def login_may_reach_source(host: str, registry: str | None) -> bool:
+    """Whether promote sends the ECR login to the `source` input's registry. The source is
+    often another job's output rather than a host the workflow author typed, so it gets the
+    login only where the login already goes: the target registry (the 'registry' input),
+    an Amazon ECR registry (AWS's own endpoint, deciding by the role's permissions; one
+    token serves every registry the role may read, so a cross-account promotion needs no
+    second login), or this runner's loopback (a registry the job itself runs, reachable only
+    from the runner). Any other host is read without credentials."""
+    return is_ecr(host) or is_loopback(host) or (registry is not None and host.lower() == registry.lower())
 
 
 def rollback(inputs: RollbackInputs) -> PublishResult:

@@ -2,13 +2,18 @@
 exists in its registry, is pinned by digest, and passes Lambda's rules.
 
 Images come from the `image-uris` input and from a `terraform show -json` plan: every
-`aws_lambda_function` with package_type "Image" that the plan creates or updates. The
-gate fails with one line listing every image that must not be deployed.
+`aws_lambda_function` and `awscc_lambda_function` with package_type "Image" that the plan
+creates or updates. The gate fails with one line listing every image that must not be deployed.
 
 When the plan creates or updates no Image function, the gate passes and says so: it sits
 in a workflow that plans on every change, and a change to IAM or to a Zip function has
-no image to check. It never passes without saying what it checked, and an image the
-plan does deploy but cannot name (unknown until apply) fails it.
+no image to check. It never passes without saying what it checked, and it fails closed:
+what the plan leaves to the apply is never filled in with a default. An image it cannot
+name, a function whose package type is unknown (it could be an Image one), and a Lambda
+resource of a type the gate does not read that carries an image each fail it. A function
+URL's invoke mode or a function's environment that the plan leaves open is judged for every
+value it may take: the image passes only if it passes for each (an image without the Lambda
+Web Adapter does; one with it cannot be right for both, so it fails with the reason).
 """
 
 from __future__ import annotations
@@ -18,12 +23,22 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from entrypoint import github
 from entrypoint.checks.lambda_rules import (
+    INVOKE_MODES,
     UNKNOWN_FUNCTION,
+    WEB_ADAPTER_ENV,
     FunctionSetting,
+    Violation,
     check_image,
     facts_from_registry,
 )
-from entrypoint.checks.tfplan import PlanImages, PlannedImage, images_in_plan, load_plan
+from entrypoint.checks.tfplan import (
+    UNKNOWN_MODE,
+    PlanImages,
+    PlannedImage,
+    Unjudged,
+    images_in_plan,
+    load_plan,
+)
 from entrypoint.errors import RegistryError, VerifyError
 from entrypoint.registry.reference import parse_image_uri
 from entrypoint.registry.session import Session, open_session
@@ -42,10 +57,20 @@ REFUSED = "refused"
 UNKNOWN = "unknown"
 UNPINNED = "unpinned"
 INVALID = "invalid"
+UNSUPPORTED = "unsupported"
 ERROR = "error"
 # Where an image is looked up: (registry host, repository, digest).
 _Key: TypeAlias = tuple[str, str, str]
-_MARK = {OK: "✔", MISSING: "✘", REFUSED: "✘", UNKNOWN: "✘", UNPINNED: "✘", INVALID: "✘", ERROR: "✘"}
+_MARK = {
+    OK: "✔",
+    MISSING: "✘",
+    REFUSED: "✘",
+    UNKNOWN: "✘",
+    UNPINNED: "✘",
+    INVALID: "✘",
+    UNSUPPORTED: "✘",
+    ERROR: "✘",
+}
 
 UNKNOWN_DETAIL = (
     "image_uri is only known at apply time: Terraform computes it during the apply, "
@@ -72,6 +97,20 @@ MISSING_FIX = (
     "the registry, repository and digest in the URI"
 )
 INVALID_FIX = "give image URIs as <registry host>/<repository>@sha256:<64 hex digits>"
+PACKAGE_FIX = (
+    'pin package_type = "Image" (or "Zip") in the configuration so the plan knows it: a literal '
+    "or a variable, not a value computed from another resource"
+)
+UNSUPPORTED_FIX = (
+    "deploy Lambda container images with aws_lambda_function or awscc_lambda_function, the "
+    "resource types the gate reads, or keep this resource out of the plan the gate checks"
+)
+OPEN_MODE_FIX = 'make invoke_mode a literal ("RESPONSE_STREAM" or "BUFFERED") on {url} so the plan knows it'
+OPEN_ENVIRONMENT_FIX = (
+    f"make the environment of {{function}} known at plan time: {WEB_ADAPTER_ENV} a literal "
+    '("response_stream" or "buffered") or absent, and the variables map not computed from '
+    "resources of the same apply"
+)
 
 
 @dataclass(frozen=True)
@@ -160,6 +199,25 @@ class _Wanted:
     invoke_mode: str | None  # what the function URL (or the input) needs
     function: FunctionSetting = UNKNOWN_FUNCTION
     url: str = ""  # the function URL's address, when the mode comes from one
+    # What the plan leaves to the apply that decides the adapter's rule, e.g. "the invoke_mode
+    # of aws_lambda_function_url.x": the image is judged for every value each may take.
+    open_mode: str = ""
+    open_environment: str = ""
+
+    def cases(self) -> list[tuple[str | None, FunctionSetting]]:
+        """Each (invoke mode, function environment) the apply may bring."""
+        modes = INVOKE_MODES if self.open_mode else (self.invoke_mode,)
+        where = f"{self.source}'s environment, if the apply sets it so"
+        functions = (
+            [FunctionSetting(known=True, value=v, where=where) for v in ("response_stream", "buffered")]
+            if self.open_environment
+            else [self.function]
+        )
+        return [(mode, function) for mode in modes for function in functions]
+
+    @property
+    def needs_adapter(self) -> bool:
+        return any(mode is not None for mode, _ in self.cases())
 
 
 def verify(inputs: VerifyInputs) -> VerifyReport:
@@ -172,6 +230,7 @@ def verify(inputs: VerifyInputs) -> VerifyReport:
         with github.stage(f"read the plan {inputs.plan.name}"):
             planned = images_in_plan(load_plan(inputs.plan))
             wanted += [(item.address, _planned_target(item), item) for item in planned.deployed]
+            wanted += [(item.address, _unjudged(item), None) for item in planned.unjudged]
             report.notes.extend(_plan_notes(planned))
             for note in report.notes:
                 github.info(f"  {note}")
@@ -185,7 +244,7 @@ def verify(inputs: VerifyInputs) -> VerifyReport:
             session = open_session(inputs.region, ((inputs.registry, "registry"),) if inputs.registry else ())
         with github.stage(f"check {len(keys)} image(s) in the registry"):
             # Layers are read only for images some function needs an invoke mode from.
-            adapters = {row.key for row in looked_up if row.invoke_mode is not None}
+            adapters = {row.key for row in looked_up if row.needs_adapter}
             facts = _read_all(inputs, session, keys, adapters)
     elif not rows:
         github.notice("nothing to verify: " + "; ".join(report.notes))
@@ -209,6 +268,12 @@ def _planned_target(item: PlannedImage) -> str | Finding:
     return item.image_uri
 
 
+def _unjudged(item: Unjudged) -> Finding:
+    if item.unknown_package:
+        return Finding(item.address, item.image, UNKNOWN, item.detail, PACKAGE_FIX)
+    return Finding(item.address, item.image, UNSUPPORTED, item.detail, UNSUPPORTED_FIX)
+
+
 def _row(
     inputs: VerifyInputs, source: str, target: str | Finding, function: PlannedImage | None
 ) -> Finding | _Wanted:
@@ -230,9 +295,25 @@ def _wanted(inputs: VerifyInputs, source: str, image: str, key: _Key, item: Plan
     for plans (and image URIs) without one."""
     if item is None:
         return _Wanted(source, image, key, inputs.invoke_mode)
-    if item.url is not None:
-        return _Wanted(source, image, key, item.url.mode, item.function, item.url.address)
-    return _Wanted(source, image, key, inputs.invoke_mode, item.function)
+    # Publish cannot know the function; here the plan is the function, so an environment
+    # it leaves to the apply may set the adapter's mode to anything.
+    environment = "" if item.function.known else f"the environment of {item.address}"
+    if item.url is None:
+        return _Wanted(source, image, key, inputs.invoke_mode, item.function, open_environment=environment)
+    if item.url.mode == UNKNOWN_MODE:
+        return _Wanted(
+            source,
+            image,
+            key,
+            None,
+            item.function,
+            item.url.address,
+            open_mode=f"the invoke_mode of {item.url.address}",
+            open_environment=environment,
+        )
+    return _Wanted(
+        source, image, key, item.url.mode, item.function, item.url.address, open_environment=environment
+    )
 
 
 def _plan_notes(planned: PlanImages) -> list[str]:
@@ -247,11 +328,23 @@ def _plan_notes(planned: PlanImages) -> list[str]:
         )
     if planned.other_functions:
         notes.append(f"{planned.other_functions} Zip function(s) have no image to check")
+    if planned.unjudged:
+        notes.append(
+            f"{len(planned.unjudged)} resource(s) may deploy an image the plan does not let the gate "
+            "check: " + ", ".join(item.address for item in planned.unjudged)
+        )
     streaming = [i for i in planned.deployed if i.url is not None and i.url.mode == "response-stream"]
     if streaming:
         notes.append(
             "served by a RESPONSE_STREAM function URL, so their adapter must stream: "
             + ", ".join(f"{i.address} ({i.url.address})" for i in streaming if i.url)
+        )
+    open_modes = [i for i in planned.deployed if i.url is not None and i.url.mode == UNKNOWN_MODE]
+    if open_modes:
+        notes.append(
+            "served by a function URL whose invoke_mode is only known at apply time, so their "
+            "image must be right for both modes: "
+            + ", ".join(f"{i.address} ({i.url.address})" for i in open_modes if i.url)
         )
     return notes
 
@@ -300,25 +393,51 @@ def _read_one(
 
 
 def _judge(inputs: VerifyInputs, row: _Wanted, facts: ImageFacts | tuple[str, str, str]) -> Finding:
-    """Lambda's rules for this image as this function will run it."""
+    """Lambda's rules for this image as this function will run it: for every case the plan
+    leaves open, so that whatever the apply picks was checked."""
     if isinstance(facts, tuple):
         return Finding(row.source, row.image, *facts)
-    violations = check_image(facts, inputs.platform, row.invoke_mode, row.function)
+    outcomes = [check_image(facts, inputs.platform, mode, function) for mode, function in row.cases()]
+    violations = list(dict.fromkeys(v for found in outcomes for v in found))
+    unknowns = " and ".join(u for u in (row.open_mode, row.open_environment) if u)
+    mode = "unknown until apply" if row.open_mode else row.invoke_mode
+    url = f" (served by {row.url}, invoke mode {mode})" if row.url else ""
     if violations:
-        url = f" (served by {row.url}, invoke mode {row.invoke_mode})" if row.url else ""
+        fixes = [v.fix for v in violations]
+        if any(found != outcomes[0] for found in outcomes):
+            # The verdict turns on what the apply picks: the plan must say it.
+            return Finding(
+                row.source,
+                row.image,
+                REFUSED,
+                f"cannot be judged from the plan, which leaves {unknowns} to the apply: for some "
+                f"value the apply may pick, the image breaks Lambda's rules{url}: " + _numbered(violations),
+                "; ".join(dict.fromkeys([*_open_fixes(row), *fixes])),
+            )
         return Finding(
             row.source,
             row.image,
             REFUSED,
-            "breaks Lambda's rules"
-            + url
-            + ": "
-            + "; ".join(f"({n}) {v.line()}" for n, v in enumerate(violations, 1)),
-            "; ".join(v.fix for v in violations),
+            "breaks Lambda's rules" + url + ": " + _numbered(violations),
+            "; ".join(fixes),
         )
     size = f"{facts.size / 1024**2:.1f} MB compressed"
     adapter = {True: ", Lambda Web Adapter", False: ", no Lambda Web Adapter", None: ""}[
         facts.has_web_adapter
     ]
     streams = ", streams" if row.invoke_mode == "response-stream" and facts.has_web_adapter else ""
-    return Finding(row.source, row.image, OK, f"{facts.os}/{facts.architecture}, {size}{adapter}{streams}")
+    either = f", right whatever the apply makes of {unknowns}" if unknowns and row.needs_adapter else ""
+    return Finding(
+        row.source, row.image, OK, f"{facts.os}/{facts.architecture}, {size}{adapter}{streams}{either}"
+    )
+
+
+def _open_fixes(row: _Wanted) -> list[str]:
+    fixes = [OPEN_MODE_FIX.format(url=row.url)] if row.open_mode else []
+    if row.open_environment:
+        fixes.append(OPEN_ENVIRONMENT_FIX.format(function=row.source))
+    return fixes
+
+
+def _numbered(violations: list[Violation]) -> str:
+    return "; ".join(f"({n}) {v.line()}" for n, v in enumerate(violations, 1))

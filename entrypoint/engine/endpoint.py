@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import docker
+from docker.constants import DEFAULT_MAX_POOL_SIZE, DEFAULT_NUM_POOLS_SSH
 from docker.tls import TLSConfig
 
 from entrypoint.errors import EngineError
@@ -25,6 +26,47 @@ if TYPE_CHECKING:
 
 # The settings that choose the engine, in the CLI's order of precedence.
 ENGINE_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT")
+
+# Everything a process the action starts to reach the engine (the docker CLI and its
+# buildx plugin, the `ssh` of an ssh:// engine, a credential helper) gets from the job's
+# environment: an allow-list, so the AWS credentials, GITHUB_TOKEN and other steps' tokens
+# reach none of them. What each name is for: finding the CLI, its config, plugins and
+# builders (PATH, HOME, DOCKER_*, BUILDX_*), the engine (DOCKER_HOST, DOCKER_CONTEXT, TLS,
+# rootless Docker's socket in XDG_RUNTIME_DIR), the network (proxies, the CA bundle) and,
+# for an engine reached over ssh, the runner's ssh agent (ssh reads its keys and
+# known_hosts from the user's home; the docker CLI runs ssh with its own environment).
+CLIENT_ENVIRONMENT = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "XDG_RUNTIME_DIR",
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+    "DOCKER_API_VERSION",
+    "DOCKER_CONFIG",
+    "BUILDX_BUILDER",
+    "BUILDX_CONFIG",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "SSH_AUTH_SOCK",
+)
+
+
+def client_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed part of `environ`: the whole environment of a child that talks to
+    the engine."""
+    return {name: environ[name] for name in CLIENT_ENVIRONMENT if environ.get(name)}
 
 
 @dataclass(frozen=True)
@@ -52,23 +94,33 @@ class Endpoint:
         # ssh:// through the runner's own ssh (its config, keys and known hosts).
         settings: dict[str, Any] = {
             "base_url": self.url, "tls": self.tls or False, "timeout": timeout, "use_ssh_client": True,
+            "credstore_env": _credential_helper_environment(os.environ),
         }  # fmt: skip
-        if self.tls is None or not self.tls.ca_cert:
+        ssh = self.url.startswith("ssh://")
+        own_ca = self.tls is not None and bool(self.tls.ca_cert)
+        if not ssh and not own_ca:
             return docker.DockerClient(**settings)
-        # requests lets REQUESTS_CA_BUNDLE (which many runners set, for their proxy) replace
-        # the engine's own CA from DOCKER_CERT_PATH, so the environment is kept out; docker-py
-        # would ask the engine for its API version before that could be said.
+        # Both need a change docker-py offers no setting for, made on the client before its
+        # first request; docker-py would ask the engine for its API version before that.
         if self.url not in _API_VERSIONS:
-            probe = docker.DockerClient(version=_MIN_API_VERSION, **settings)
-            probe.api.trust_env = False
+            probe = self._adjusted(docker.DockerClient(version=_MIN_API_VERSION, **settings), timeout)
             try:
                 # Unversioned: Docker 29 refuses /v1.24/... (its floor is API 1.44), and an
                 # unversioned /version is answered by every engine.
                 _API_VERSIONS[self.url] = str(probe.api.version(api_version=False)["ApiVersion"])
             finally:
                 probe.close()
-        client = docker.DockerClient(version=_API_VERSIONS[self.url], **settings)
-        client.api.trust_env = False
+        return self._adjusted(docker.DockerClient(version=_API_VERSIONS[self.url], **settings), timeout)
+
+    def _adjusted(self, client: docker.DockerClient, timeout: float) -> docker.DockerClient:
+        if self.tls is not None and self.tls.ca_cert:
+            # requests lets REQUESTS_CA_BUNDLE (which many runners set, for their proxy)
+            # replace the engine's own CA from DOCKER_CERT_PATH, so the environment is kept out.
+            client.api.trust_env = False
+        if self.url.startswith("ssh://"):
+            # docker-py runs `ssh` with the whole of os.environ (the AWS credentials of the
+            # job included); this transport runs it with the allow-list.
+            client.api.mount("http+docker://ssh", _ssh_adapter(self.url, timeout))
         return client
 
 
@@ -93,7 +145,8 @@ def _context_endpoint(name: str, environ: Mapping[str, str]) -> Endpoint:
     """A context as the CLI stores it, read by the CLI: docker-py looks for contexts only
     beside a config.json, and `docker context create` writes none, so on a runner whose
     Docker folder holds nothing but contexts docker-py would find none."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/"), **environ}
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
+    env |= client_environment(environ)
     cli = shutil.which("docker", path=env["PATH"])
     if cli is None:
         raise EngineError(
@@ -126,6 +179,58 @@ def _context_endpoint(name: str, environ: Mapping[str, str]) -> Endpoint:
             verify=not engine.get("SkipTLSVerify", False),
         )
     return Endpoint(str(engine["Host"]), f"context {name}", tls)
+
+
+def _credential_helper_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What docker-py lays over os.environ for a credential helper of the job's Docker
+    config (`docker-credential-*`, run to resolve a base image's digest): docker-py can only
+    add to os.environ there, so every name off the allow-list is emptied, which programs
+    read as unset. The docker CLI runs the same helpers with the allow-list alone."""
+    return {name: "" for name in environ if name not in CLIENT_ENVIRONMENT}
+
+
+def _ssh_adapter(url: str, timeout: float) -> Any:
+    """docker-py's ssh transport (`use_ssh_client`), its `ssh` run with the allow-listed
+    environment instead of a copy of os.environ."""
+    # docker-py's ssh module imports paramiko, which the set-up installs for ssh engines only.
+    from docker.transport import sshconn  # noqa: PLC0415 - paramiko is there for ssh engines only
+
+    environment = client_environment(os.environ)
+
+    class Connection(sshconn.SSHConnection):  # type: ignore[misc]
+        def connect(self) -> None:
+            sock = sshconn.SSHSocket(self.ssh_host)
+            sock.settimeout(self.timeout)
+            argv = [
+                "ssh",
+                *(["-l", sock.user] if sock.user else []),
+                *(["-p", sock.port] if sock.port else []),
+            ]
+            # A process group of its own (docker-py's ssh ignores SIGINT, the docker CLI's
+            # has its own group too): a Ctrl-C or a runner's SIGINT to the action's group
+            # leaves the connection up for the clean-up (the smoke container's removal).
+            sock.proc = subprocess.Popen(
+                [*argv, "--", sock.host, "docker system dial-stdio"],
+                env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+            )  # fmt: skip
+            self.sock = sock
+
+    class Pool(sshconn.SSHConnectionPool):  # type: ignore[misc]
+        def _new_conn(self) -> Connection:
+            return Connection(None, self.timeout, self.ssh_host)
+
+    class Adapter(sshconn.SSHHTTPAdapter):  # type: ignore[misc]
+        def get_connection(self, url: str, proxies: Any = None) -> Pool:
+            # As docker-py's shell_out adapter: one pool per request, each connection an ssh.
+            return Pool(None, timeout=self.timeout, maxsize=self.max_pool_size, host=self.ssh_host)
+
+    return Adapter(
+        url,
+        timeout,
+        pool_connections=DEFAULT_NUM_POOLS_SSH,
+        max_pool_size=DEFAULT_MAX_POOL_SIZE,
+        shell_out=True,
+    )
 
 
 def _current_context(environ: Mapping[str, str]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
 from entrypoint.build.cli_env import cli_reads
@@ -28,6 +29,7 @@ from entrypoint.inputs.common import (
     parse_smoke,
     path_in,
     require,
+    text_lines,
 )
 from entrypoint.inputs.config import MERGED_KEYS, ImageEntry, merged, read_config
 
@@ -58,6 +60,8 @@ PUBLISH_INPUTS = (
     "invoke-mode",
     "secrets",
     "config",
+    "config-repositories",
+    "config-tags",
     "parallel",
     "builder",
 )
@@ -299,10 +303,12 @@ def parse_release(raw: Mapping[str, str], workspace: Path, runner_temp: Path | N
         )
     images: list[tuple[str, PublishInputs]] = []
     owner: dict[str, str] = {}
+    trust = _ConfigTrust.from_inputs(raw)
     for entry in read_config(config, config_value):
         inputs = _image_inputs(
             entry, raw, repository, workspace=workspace, runner_temp=runner_temp, shown=config_value
         )
+        trust.check(entry, config_value)  # after the parse, so a malformed value is named as such
         if inputs.repository in owner:
             raise InputError(
                 f"{config_value} {entry.where('repository')}: repository {inputs.repository} is "
@@ -312,6 +318,61 @@ def parse_release(raw: Mapping[str, str], workspace: Path, runner_temp: Path | N
         owner[inputs.repository] = entry.name
         images.append((entry.name, inputs))
     return ReleaseInputs(images=tuple(images), parallel=parallel, config=config)
+
+
+@dataclass(frozen=True)
+class _ConfigTrust:
+    """What a `config` file may ask for beyond the workflow's own inputs. The file is in the
+    checkout, which a pull request can change; the workflow is what a reviewer of the deploy
+    job approved. So a file may pick among the secrets the workflow passes (never another
+    variable of the job, such as the deploy role's AWS keys), may name repositories of this
+    run's environment only (with {env}) and may add no tag, unless the workflow allows
+    more: 'config-repositories' and 'config-tags' (patterns, one a line)."""
+
+    variables: frozenset[str]
+    repositories: tuple[str, ...]
+    tags: tuple[str, ...]
+
+    @classmethod
+    def from_inputs(cls, raw: Mapping[str, str]) -> _ConfigTrust:
+        return cls(
+            variables=frozenset(variable for _, variable in _secrets(raw.get("secrets", ""))),
+            repositories=tuple(text_lines(raw.get("config-repositories", ""))),
+            tags=tuple(text_lines(raw.get("config-tags", ""))),
+        )
+
+    def check(self, entry: ImageEntry, shown: str) -> None:
+        for line in text_lines(entry.raw.get("secrets", "")):
+            secret_id, sep, variable = (part.strip() for part in line.partition("="))
+            if sep and variable not in self.variables:  # a line without '=' is refused when parsed
+                raise InputError(
+                    f"{shown} {entry.where('secrets')}: 'secrets' gives id '{secret_id}' the variable "
+                    f"{variable}, which the workflow's 'secrets' input does not pass",
+                    "a config file may only use the variables the workflow's 'secrets' input names: "
+                    f"add a line id={variable} there (and {variable} to the step's env) if this build "
+                    "may read it; the workflow, not the checkout, decides which secrets a build sees",
+                )
+        repository = entry.raw.get("repository")
+        if (
+            repository is not None
+            and "{env}" not in repository
+            and not any(fnmatchcase(repository.replace("{name}", entry.name), p) for p in self.repositories)
+        ):
+            raise InputError(
+                f"{shown} {entry.where('repository')}: repository '{repository}' has no {{env}}, so "
+                "the file could push into another environment's repository",
+                "write it with {env} (e.g. {env}-orders), or allow it in the workflow's "
+                "'config-repositories' input (one name or pattern a line)",
+            )
+        for tag in text_lines(entry.raw.get("tags", "")):
+            if not any(fnmatchcase(tag, pattern) for pattern in self.tags):
+                raise InputError(
+                    f"{shown} {entry.where('tags')}: tag '{tag}' is not allowed by the workflow's "
+                    "'config-tags' input",
+                    "tags move with the environment tag, and one from the file could move another "
+                    "environment's (prod): list the tags or patterns (e.g. v*) a file may add in "
+                    "'config-tags', or give them in the workflow's 'tags' input",
+                )
 
 
 def _image_inputs(

@@ -13,7 +13,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -23,6 +23,7 @@ from entrypoint.registry.reference import DIGEST_RE, REPOSITORY_RE, TAG_RE
 from entrypoint.registry.transport import (
     REQUEST_TIMEOUT_S,
     Transport,
+    origin,
     registry_codes,
     registry_message,
     short_error,
@@ -308,7 +309,7 @@ class RegistryClient:
             following = re.search(r"<([^>]+)>;\s*rel=\"?next\"?", response.headers.get("Link", ""))
             if not following:
                 return found
-            path = self._same_host(following.group(1), what)
+            path = self._on_registry(response, following.group(1), what)
         return found
 
     def _upload_path(self, response: requests.Response, what: str) -> str:
@@ -318,19 +319,27 @@ class RegistryClient:
                 f"registry {self.host} gave no upload location to {what}",
                 "check that 'registry' is an OCI registry",
             )
-        return self._same_host(location, what)
+        return self._on_registry(response, location, what)
 
-    def _same_host(self, url: str, what: str) -> str:
-        """A URL the registry handed back, as a path on this registry: the login goes with
-        it, so a registry answer must not send it elsewhere."""
-        parts = urlsplit(url)
-        if parts.netloc and parts.netloc.lower() != self.host.lower():
+    def _on_registry(self, response: requests.Response, reference: str, what: str) -> str:
+        """A URL the registry handed back (an upload's Location, a page's Link), as a path on
+        this registry: the login goes with it, so an answer must not send it elsewhere.
+
+        Resolved as RFC 3986 (section 5) says, against the URL of the request it answers
+        (RFC 9110 10.2.2, RFC 8288 3.2), and kept only if it lands on the registry's own
+        scheme, host and port, with no user part. Strictly: a reference with a scheme is
+        absolute, so `https:@evil.example/x` names no host at all, where `urljoin` would
+        read it as a relative path."""
+        parts = urlsplit(reference)
+        target = parts if parts.scheme else urlsplit(urljoin(response.url, reference))
+        if origin(target) != self.transport.origin:
             raise RegistryError(
-                f"registry {self.host} sent the request to {what} to another host "
-                f"({shown(parts.netloc, 80)}); the login was not sent there",
+                f"registry {self.host} sent the request to {what} to '{shown(reference, 120)}', "
+                f"which is not on {self.transport.base}; the login was not sent there",
                 "use the registry's own endpoint for 'registry'",
             )
-        return parts.path + (f"?{parts.query}" if parts.query else "")
+        # The fragment stays behind: it is never sent, and a query appended after it would be lost.
+        return (target.path or "/") + (f"?{target.query}" if target.query else "")
 
     def _expect(self, response: requests.Response, status: int, what: str) -> None:
         if response.status_code == status:

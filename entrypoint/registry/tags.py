@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, NoReturn
 
 from entrypoint import github
@@ -59,10 +59,47 @@ def history_tag(env: str, now: datetime | None = None) -> str:
     return f"{HISTORY_PREFIX}{env}-{(now or datetime.now(timezone.utc)).strftime(_STAMP)}"
 
 
-def history(place: Place, env: str) -> list[str]:
-    """The environment's history tags, newest first."""
-    pattern = re.compile(rf"{re.escape(HISTORY_PREFIX + env)}-{_STAMP_RE}")
-    return sorted((t for t in place.registry.tags(place.name) if pattern.fullmatch(t)), reverse=True)
+# How far ahead of this runner's clock a history tag's time may be. Every run that writes
+# one has just signed AWS requests, which AWS refuses from a clock more than 5 minutes off
+# its own, so two such clocks are within 10 minutes of each other.
+CLOCK_SKEW = timedelta(minutes=10)
+
+
+def history(place: Place, env: str, now: datetime | None = None) -> list[str]:
+    """The environment's history tags, newest first.
+
+    Anyone who may push to the repository can add a tag, and the name is all there is to
+    order by: neither the registry API nor ECR records when a tag was written (ECR's
+    imagePushedAt is the image's first push, and a history tag names an older image by
+    design). So the name must be exactly what `history_tag` writes (a real UTC time, the
+    environment's prefix) and its time no later than now: a tag dated in the future would
+    otherwise stay the newest and choose every rollback to come, whatever publishes after
+    it. Those are left out with a warning naming them, for someone to delete."""
+    now = now or datetime.now(timezone.utc)
+    prefix = f"{HISTORY_PREFIX}{env}-"
+    pattern = re.compile(rf"{re.escape(prefix)}({_STAMP_RE})")
+    dated: list[tuple[datetime, str]] = []
+    future: list[str] = []
+    for tag in place.registry.tags(place.name):
+        matched = pattern.fullmatch(tag)
+        if matched is None:
+            continue
+        try:
+            when = datetime.strptime(matched.group(1), _STAMP).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue  # digits that are no time (month 13): not a tag this action wrote
+        if when > now + CLOCK_SKEW:
+            future.append(tag)
+            continue
+        dated.append((when, tag))
+    if future:
+        github.warning(
+            f"rollback ignores {', '.join(sorted(future))} in {place.name}: dated after now "
+            f"({now.strftime(_STAMP)} UTC), so not written by this action when {env} moved; "
+            "whoever can push to the repository could have planted it to choose the rollback. "
+            "Delete it, and check who may push to the repository"
+        )
+    return [tag for _, tag in sorted(dated, reverse=True)]
 
 
 def require_movable(place: Place, moving: Iterable[str], *, stays: str | None = None, nothing: str) -> None:

@@ -13,12 +13,12 @@ import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 
-from entrypoint.errors import RegistryError
-from entrypoint.registry.reference import hostname, is_ecr, is_loopback
+from entrypoint.errors import RegistryError, shown
+from entrypoint.registry.reference import is_ecr, is_loopback
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,9 +29,25 @@ RETRY_BUDGET_S = 20.0
 REQUEST_TIMEOUT_S = 5.0
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def scheme_for(host: str) -> str:
     """Plain HTTP only for loopback registries, as the Docker engine itself allows."""
     return "http" if is_loopback(host) else "https"
+
+
+def origin(url: SplitResult) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an absolute http(s) URL, the port defaulted by scheme (RFC 3986
+    6.2.3: `https://r` and `https://r:443` are one place); None when it has no host, a user
+    part (`r@evil.example` is a login sent to evil.example), or an unreadable port."""
+    if "@" in url.netloc or url.scheme not in DEFAULT_PORTS or not url.hostname:
+        return None
+    try:
+        port = url.port
+    except ValueError:
+        return None
+    return url.scheme, url.hostname.lower(), port or DEFAULT_PORTS[url.scheme]
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,11 @@ def retry_after(response: requests.Response) -> float:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _anonymous(request: Any) -> Any:
+    """An auth that adds nothing: given instead of None, so requests reads no ~/.netrc."""
+    return request
+
+
 class Transport:
     def __init__(
         self,
@@ -103,7 +124,14 @@ class Transport:
         scope.require(host, where)
         self.host = host
         self.base = f"{scheme_for(host)}://{host}"
-        self._auth = (username, password)
+        own = origin(urlsplit(self.base))
+        if own is None:
+            raise RegistryError(f"'{shown(host, 120)}' is not a registry host", "set it to host[:port]")
+        self.origin = own  # (scheme, host, port): where the login may go, and nowhere else
+        # No username: anonymous, no Authorization header at all (an empty Basic login is
+        # still a login, and a token service may refuse it).
+        self._auth: tuple[str, str] | Callable[[Any], Any] = (username, password) if username else _anonymous
+        self._user = username
         self._bearer: dict[str, str] = {}
         self._budget_s = budget_s
         self._sleep = sleep
@@ -165,7 +193,22 @@ class Transport:
             "this runner (VPC endpoint, proxy, firewall), then rerun",
         )
 
+    def _url(self, path: str) -> str:
+        """The URL of a path on this registry. Paths may come from registry answers; the
+        client resolves those, and this is the last line: text appended to the base that
+        does not start with `/` (`@evil.example/x`, `.evil.example/x`) would become part of
+        the host and take the login along."""
+        url = self.base + path
+        if not path.startswith("/") or origin(urlsplit(url)) != self.origin:
+            raise RegistryError(
+                f"refused to send a request to registry {self.host} for '{shown(path, 120)}', "
+                "which is not a path on it; the login was not sent there",
+                "use the registry's own endpoint for 'registry'",
+            )
+        return url
+
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = self._url(path)
         headers = dict(kwargs.pop("headers", {}))
         token = self._bearer.get(_scope(path))
         auth = None
@@ -176,7 +219,7 @@ class Transport:
         try:
             response = self._session.request(
                 method,
-                self.base + path,
+                url,
                 headers=headers,
                 auth=auth,
                 timeout=kwargs.pop("timeout", REQUEST_TIMEOUT_S),
@@ -209,8 +252,13 @@ class Transport:
             self._bearer[_scope(path)] = self._token(challenge)
             response = self._send(method, path, **dict(kwargs))
         if response.status_code == 401:
+            if not self._user:
+                raise RegistryError(
+                    f"registry {self.host} refused anonymous access (HTTP 401: {registry_message(response)})",
+                    "read from a registry that allows anonymous pulls, or from one the ECR login reaches",
+                )
             raise RegistryError(
-                f"registry {self.host} refused the login for user '{self._auth[0]}' "
+                f"registry {self.host} refused the login for user '{self._user}' "
                 f"(HTTP 401: {registry_message(response)})",
                 "make sure 'registry' is the ECR registry of this account and region (or "
                 "accepts its credentials) and the role may call ecr:GetAuthorizationToken",
@@ -253,18 +301,20 @@ class Transport:
         return token
 
     def _require_realm(self, realm: str) -> None:
-        """The basic credentials go to a token realm only on the registry's own host, over
-        HTTPS (plain HTTP on loopback only): a challenge must not redirect them."""
+        """The basic credentials go to a token realm only on the registry's own host and
+        port, over HTTPS (plain HTTP on loopback only), with no user part: a challenge must
+        not redirect them, not even to another service on the same machine."""
         parts = urlsplit(realm)
-        realm_host = (parts.hostname or "").lower()
-        secure = parts.scheme == "https" or (parts.scheme == "http" and is_loopback(realm_host))
-        if not secure or realm_host != hostname(self.host) or parts.username or parts.password:
+        found = origin(parts)
+        secure = found is not None and (found[0] == "https" or is_loopback(found[1]))
+        if found is None or not secure or found[1:] != self.origin[1:]:
+            place = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
             raise RegistryError(
                 f"registry {self.host} asked for the login to be sent to the token service "
-                f"{parts.scheme}://{parts.hostname}{parts.path}, which is not HTTPS on "
-                f"{hostname(self.host)}; the login was not sent",
+                f"{shown(place, 120)}, which is not HTTPS on {self.origin[1]}:{self.origin[2]}; "
+                "the login was not sent",
                 "use the registry's own endpoint for 'registry' (ECR, or a proxy that serves its "
-                "token service on its own host over HTTPS)",
+                "token service on its own host and port over HTTPS)",
             )
 
 

@@ -53,7 +53,7 @@ class FakeHttp:
                 if self.command != "HEAD":
                     self.wfile.write(reply.body)
 
-            do_GET = do_HEAD = do_PUT = do_POST = _serve
+            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = _serve
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
