@@ -28,6 +28,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from entrypoint import cancel
+from entrypoint.checks.smoke import MIN_EVENTS, MIN_SPREAD_S, SSE_TYPE
 from entrypoint.errors import CheckError, InputError, shown
 
 if TYPE_CHECKING:
@@ -35,12 +36,11 @@ if TYPE_CHECKING:
 
     from botocore.credentials import ReadOnlyCredentials
 
-EVENT_STREAM = "text/event-stream"
-# The rules' thresholds, printed with every probe: two events are the fewest that can show an
-# order, and a fifth of a second is far beyond the spread of one buffered blob's reads (a few
-# milliseconds) and far below an SSE app's pace between events.
-MIN_EVENTS = 2
-MIN_SPREAD_S = 0.2
+# The smoke boot's stream rules, so a stream passes or fails alike before the push and after
+# the apply: two events are the fewest that can show an order, and a fifth of a second is
+# far beyond the spread of one buffered blob's reads (a few milliseconds) and far below an
+# SSE app's pace between events.
+EVENT_STREAM = SSE_TYPE
 PROBE_SECONDS = 30.0
 # How much of an error answer's body is kept for the log.
 _ERROR_BODY = 2048

@@ -295,6 +295,17 @@ def _from_plan(
             )
             continue
         targets.append(FunctionTarget(name, wanted, item.address))
+    for unjudged in planned.unjudged:
+        # Fail closed, as the gate does: what the plan left open is not taken as "no image".
+        rows.append(
+            Row(
+                FunctionTarget(unjudged.address, digest or "", unjudged.address),
+                UNKNOWN,
+                f"the plan cannot say whether it runs an image ({unjudged.detail})",
+                "name the function in 'functions' with its digest, or pin package_type in the "
+                "configuration so the plan knows it",
+            )
+        )
     notes = [f"the plan creates or updates {len(planned.deployed)} Image function(s)"]
     if planned.not_deployed:
         notes.append(
@@ -305,10 +316,13 @@ def _from_plan(
 
 
 def _function_names(plan: Mapping[str, Any]) -> dict[str, str | None]:
-    """Each planned aws_lambda_function's function_name (None when known only after apply)."""
+    """Each planned (aws|awscc)_lambda_function's function_name (None when known only after apply)."""
     names: dict[str, str | None] = {}
     for entry in plan.get("resource_changes") or []:
-        if not isinstance(entry, dict) or entry.get("type") != "aws_lambda_function":
+        if not isinstance(entry, dict) or entry.get("type") not in (
+            "aws_lambda_function",
+            "awscc_lambda_function",
+        ):
             continue
         change = entry.get("change") or {}
         after = change.get("after") or {}
