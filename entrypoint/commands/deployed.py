@@ -222,8 +222,10 @@ def deployed(inputs: DeployedInputs) -> DeployedReport:
 
     api = LambdaApi(inputs.region)
     with github.stage(
-        f"wait until {len(targets)} function(s) are Active with their last update Successful "
-        f"(up to {inputs.timeout:.0f} s)"
+        # Named for what it waits for, a final answer, which a Failed update is too: the
+        # verdict on each function follows in the table.
+        f"wait for Lambda's final state of {len(targets)} function(s) (Active with the update "
+        f"Successful, or Failed; up to {inputs.timeout:.0f} s)"
     ):
         waited = _wait(api, targets, inputs.timeout)
     rows = {target.name: waited[target.name] for target in targets}
