@@ -1,5 +1,5 @@
-"""`python -m entrypoint [publish|verify|promote|rollback] [--input value ...]`: the one place that turns
-failures into an `::error::` line and an exit code."""
+"""`python -m entrypoint [publish|verify|promote|rollback|deployed] [--input value ...]`: the one
+place that turns failures into an `::error::` line and an exit code."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from pathlib import Path
 from entrypoint import cancel, github
 from entrypoint.errors import ActionError
 from entrypoint.inputs import (
+    DEPLOYED_INPUTS,
     PROMOTE_INPUTS,
     PUBLISH_INPUTS,
     ROLLBACK_INPUTS,
     VERIFY_INPUTS,
+    parse_deployed,
     parse_promote,
     parse_release,
     parse_rollback,
@@ -34,6 +36,8 @@ _COMMANDS = (
      "the commit is read from"),
     ("rollback", "move an environment back to an earlier image", ROLLBACK_INPUTS,
      "unused; accepted like the other commands"),
+    ("deployed", "after terraform apply: check Lambda runs the published digests (and streams)",
+     DEPLOYED_INPUTS, "the plan and terraform-outputs paths are relative to"),
 )  # fmt: skip
 
 
@@ -79,6 +83,14 @@ def run(argv: list[str]) -> None:
         github.set_outputs(checked.outputs())
         github.write_summary(checked.summary())
         checked.raise_for_failures()
+        return
+    if args.command == "deployed":
+        from entrypoint.commands.deployed import deployed  # noqa: PLC0415 - see above
+
+        report = deployed(parse_deployed(read_raw(DEPLOYED_INPUTS, flags), _workspace(args.workspace)))
+        github.set_outputs(report.outputs())
+        github.write_summary(report.summary())
+        report.raise_for_failures()
         return
     if args.command in ("promote", "rollback"):
         from entrypoint.commands.promote import promote, rollback  # noqa: PLC0415

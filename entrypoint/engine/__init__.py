@@ -29,7 +29,7 @@ from entrypoint.engine.endpoint import Endpoint, find_endpoint, first_line
 from entrypoint.errors import EngineError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
     import docker
     from docker import DockerClient
@@ -69,6 +69,16 @@ class Container:
             raise ContainerError(str(exc)) from exc
         return int(code or 0), output or b""
 
+    def exec_stream(self, argv: list[str]) -> ExecStream:
+        """Start a command in the container; its output is read as the engine forwards it."""
+        api = self._container.client.api
+        try:
+            exec_id = str(api.exec_create(self._container.id, argv)["Id"])
+            frames = api.exec_start(exec_id, stream=True, demux=True)
+        except APIError as exc:
+            raise ContainerError(str(exc)) from exc
+        return ExecStream(api, exec_id, frames)
+
     def logs(self, tail: int) -> bytes:
         try:
             return bytes(self._container.logs(tail=tail))
@@ -89,6 +99,33 @@ class Container:
         except APIError as exc:
             return str(exc)
         return None
+
+
+class ExecStream:
+    """A command running in a container: its output piece by piece, as the command wrote it
+    (what a streaming probe times), then its exit code."""
+
+    def __init__(self, api: Any, exec_id: str, frames: Iterator[tuple[bytes | None, bytes | None]]) -> None:
+        self._api = api
+        self._id = exec_id
+        self._frames = frames
+
+    def pieces(self) -> Iterator[tuple[bytes, bytes]]:
+        """(stdout, stderr) pieces, one of them empty, until the command ends; ContainerError
+        when the engine drops the stream (the container was removed)."""
+        try:
+            for out, err in self._frames:
+                yield out or b"", err or b""
+        except (APIError, OSError, requests.RequestException) as exc:
+            raise ContainerError(str(exc)) from exc
+
+    def exit_code(self) -> int | None:
+        """None while it runs, or when the engine cannot tell."""
+        try:
+            found = self._api.exec_inspect(self._id)
+        except (APIError, requests.RequestException):
+            return None
+        return None if found.get("Running") else int(found.get("ExitCode") or 0)
 
 
 class Engine:

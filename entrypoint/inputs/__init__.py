@@ -8,7 +8,8 @@ system it is told to look at.
 
 `common` holds what the actions share (patterns, the environment, region, registry,
 repository, platform and tag parsers); `publish` the publish action's inputs, a `config`
-file's images (read by `config`) included; `promote` and `verify` the other actions'.
+file's images (read by `config`) included; `promote`, `verify` and `deployed` the other
+actions'.
 
 May import build, checks and registry for the value types they define (cache modes, smoke
 specs, references) and the ground floor; never a command.
@@ -24,6 +25,7 @@ from entrypoint.inputs.common import (
     path_in,
     read_raw,
 )
+from entrypoint.inputs.deployed import DEPLOYED_INPUTS, DeployedInputs, parse_deployed
 from entrypoint.inputs.promote import (
     PROMOTE_INPUTS,
     ROLLBACK_INPUTS,
@@ -44,18 +46,21 @@ from entrypoint.inputs.verify import VERIFY_INPUTS, VerifyInputs, parse_verify
 
 __all__ = [
     "DEFAULT_PLATFORM",
+    "DEPLOYED_INPUTS",
     "PLATFORMS",
     "PROMOTE_INPUTS",
     "PUBLISH_INPUTS",
     "ROLLBACK_INPUTS",
     "SHA_RE",
     "VERIFY_INPUTS",
+    "DeployedInputs",
     "PromoteInputs",
     "PublishInputs",
     "ReleaseInputs",
     "RollbackInputs",
     "VerifyInputs",
     "parse_cache_mode",
+    "parse_deployed",
     "parse_invoke_mode",
     "parse_parallel",
     "parse_promote",

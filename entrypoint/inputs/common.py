@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 from actions_toolkit import core
 
 from entrypoint.build.cache import CACHE_MODES, DEFAULT_CACHE_MODE, CacheMode
-from entrypoint.checks.smoke import DEFAULT_PORT, HTTP_RE, SMOKE_FORMS, SmokeSpec
+from entrypoint.checks.smoke import (
+    DEFAULT_PORT,
+    HTTP_RE,
+    MEDIA_TYPE_RE,
+    SMOKE_FORMS,
+    SSE_TYPE,
+    STREAM_WORD,
+    SmokeSpec,
+)
 from entrypoint.errors import InputError
 from entrypoint.registry.reference import REGISTRY_RE, REPOSITORY_RE, TAG_RE
 
@@ -179,12 +187,25 @@ def parse_smoke(value: str, name: str = "smoke") -> SmokeSpec | None:
                 'write the event as JSON after "invoke:", e.g. invoke:{"path": "/health"}',
             ) from exc
         return SmokeSpec(kind="invoke", event=event)
-    match = HTTP_RE.fullmatch(text)
+    # PORT/PATH stream [TYPE]: the words are split on blanks, which a path never holds.
+    target, *words = text.split()
+    stream = ""
+    if words and words[0].lower() == STREAM_WORD and len(words) <= 2:
+        stream = words[1].lower() if len(words) == 2 else SSE_TYPE
+        if not MEDIA_TYPE_RE.fullmatch(stream):
+            raise InputError(
+                f"input '{name}' names the content type '{words[1]}', which is not a media type",
+                f"write it as type/subtype after '{STREAM_WORD}', e.g. {target} {STREAM_WORD} "
+                f"{SSE_TYPE}, or leave it out for {SSE_TYPE}",
+            )
+    elif words:
+        target = text
+    match = HTTP_RE.fullmatch(target)
     if match and (match["port"] or match["path"]):
         port = int(match["port"] or DEFAULT_PORT)
         if not 1 <= port <= 65535:
             raise InputError(f"input '{name}' has the port {port}, outside 1-65535", SMOKE_FORMS)
-        return SmokeSpec(kind="http", port=port, path=match["path"] or "/")
+        return SmokeSpec(kind="http", port=port, path=match["path"] or "/", stream=stream)
     raise InputError(f"input '{name}' is '{text}', which is not a smoke test", SMOKE_FORMS)
 
 

@@ -5,6 +5,10 @@ The adapter (a Lambda extension baked into the image) starts uvicorn, waits unti
 With ``AWS_LWA_INVOKE_MODE=response_stream`` and a Function URL whose invoke mode is
 ``RESPONSE_STREAM``, every chunk the generator below yields reaches the client as it is
 produced instead of after the handler returns.
+
+``SSE_BUFFERED=1`` breaks that on purpose, to show what the action's streaming smoke boot
+(``smoke: 8080/stream stream``) catches: ``/stream`` then gathers every event and answers
+them in one body, as a compression middleware or a handler that builds a list would.
 """
 
 import asyncio
@@ -15,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import FastAPI, Header, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 MAX_EVENTS = 50
 MAX_DELAY_SECONDS = 2.0
@@ -47,6 +51,26 @@ def delay_from_env(environ: dict[str, str] | None = None) -> float:
 
 
 DEFAULT_DELAY_SECONDS = delay_from_env()
+
+BUFFERED_ENV_VAR = "SSE_BUFFERED"
+
+
+def buffered_from_env(environ: dict[str, str] | None = None) -> bool:
+    """Whether ``SSE_BUFFERED`` asks for the deliberately buffering ``/stream``.
+
+    Read once at import time, like the delay; anything but 1/true/yes/0/false/no/empty
+    fails the cold start.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    raw = environ.get(BUFFERED_ENV_VAR, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{BUFFERED_ENV_VAR}={raw!r} must be 1 or 0")
+
+
+BUFFERED = buffered_from_env()
 
 SSE_HEADERS = {
     # Browsers and CDNs must not cache or replay an event stream.
@@ -97,7 +121,7 @@ async def stream(
         Query(ge=0, le=MAX_DELAY_SECONDS, description="seconds between events"),
     ] = None,
     last_event_id: Annotated[int | None, Header(ge=0)] = None,
-) -> StreamingResponse:
+) -> Response:
     """Stream ``count`` ``tick`` events, then a ``done`` event.
 
     A reconnecting EventSource sends ``Last-Event-ID``; the stream then resumes after
@@ -105,6 +129,10 @@ async def stream(
     """
     first = 1 if last_event_id is None else last_event_id + 1
     pause = DEFAULT_DELAY_SECONDS if delay is None else delay
+    if BUFFERED:
+        # The bug SSE_BUFFERED demonstrates: the same events, all sent at the end.
+        body = "".join([event async for event in event_stream(first, count, pause)])
+        return Response(body, media_type="text/event-stream", headers=SSE_HEADERS)
     return StreamingResponse(
         event_stream(first, count, pause),
         media_type="text/event-stream",

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import uvicorn
-from app.main import MAX_DELAY_SECONDS, MAX_EVENTS, app, delay_from_env
+from app import main
+from app.main import MAX_DELAY_SECONDS, MAX_EVENTS, app, buffered_from_env, delay_from_env
 from fastapi.testclient import TestClient
 
 
@@ -183,3 +184,45 @@ def test_events_arrive_incrementally(live_server: str) -> None:
     # The first event comes right away, not after the whole stream (~2 * delay).
     assert arrivals[0] < delay
     assert arrivals[2] - arrivals[0] >= 2 * delay * 0.9
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, False),
+        ({"SSE_BUFFERED": ""}, False),
+        ({"SSE_BUFFERED": "0"}, False),
+        ({"SSE_BUFFERED": "1"}, True),
+        ({"SSE_BUFFERED": " True "}, True),
+    ],
+)
+def test_buffered_from_env(environ: dict[str, str], expected: bool) -> None:
+    assert buffered_from_env(environ) is expected
+
+
+def test_buffered_from_env_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="SSE_BUFFERED"):
+        buffered_from_env({"SSE_BUFFERED": "sometimes"})
+
+
+def test_the_buffered_switch_sends_the_same_events_all_at_once(
+    live_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSE_BUFFERED=1: the same events and headers, but none before the last is ready."""
+    monkeypatch.setattr(main, "BUFFERED", True)
+    delay = 0.3
+    arrivals: list[float] = []
+    start = time.monotonic()
+    with httpx.stream(
+        "GET", f"{live_server}/stream", params={"count": 3, "delay": delay}, timeout=10
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = []
+        for line in response.iter_lines():
+            lines.append(line)
+            if line.startswith("id:"):
+                arrivals.append(time.monotonic() - start)
+    assert [e["event"] for e in parse_sse(iter(lines))] == ["tick"] * 3 + ["done"]
+    # The first event waits for the whole stream (2 * delay), then all come together.
+    assert arrivals[0] >= 2 * delay * 0.9
+    assert arrivals[-1] - arrivals[0] < 0.1
