@@ -50,7 +50,7 @@ def test_help_works_without_arguments_or_a_runner(action_image: str) -> None:
     for args in ([], ["--help"]):
         done = run_image(action_image, args)
         assert done.returncode == 0, done.stderr
-        assert "{publish,verify,promote,rollback}" in done.stdout
+        assert "{publish,verify,promote,rollback,deployed}" in done.stdout
     publish = run_image(action_image, ["publish", "--help"])
     assert publish.returncode == 0
     assert "--dockerfile VALUE" in publish.stdout and "--secrets VALUE" in publish.stdout
