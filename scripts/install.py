@@ -429,11 +429,12 @@ def wheel_destination(scheme: dict[str, str], compiler: Compiler) -> Any:
     )  # fmt: skip
 
 
-# The AWS APIs the action's process can call: its own (ECR), and those botocore's credential
+# The AWS APIs the action's process can call: its own (ECR; Lambda for the deployed check),
+# and those botocore's credential
 # chain makes clients for (web identity and assume-role: STS; SSO profiles: SSO and
 # SSO OIDC; `aws login` profiles: Sign-In). tests/test_install.py reads botocore's source to
 # keep this list whole when the lock moves botocore on.
-AWS_APIS = frozenset({"ecr", "sts", "sso", "sso-oidc", "signin"})
+AWS_APIS = frozenset({"ecr", "lambda", "sts", "sso", "sso-oidc", "signin"})
 _MODEL = re.compile(r"^botocore/data/([^/]+)/")
 
 
