@@ -402,7 +402,10 @@ def test_on_a_remote_engine_the_stream_is_timed_through_the_docker_api(
         assert "answered HTTP 200 and streamed 4 events" in detail, log + remote.log()
         assert "probing from inside the container (wget)" in log
         arrivals = events_in(log)
-        assert arrivals[-1] - arrivals[0] > 0.6, arrivals  # 3 gaps of 0.3 s, not one blob
+        # The server sleeps 0.3 s between events; the pipe may still join two of them (seen:
+        # 0.38, 0.68, 0.98, 0.98), so the check is that they came apart, not the exact gaps.
+        assert len(set(arrivals)) >= 3 and arrivals == sorted(arrivals), arrivals
+        assert arrivals[-1] - arrivals[0] >= 0.5, arrivals
         clump = parse_smoke("8080/cgi-bin/clump stream")
         assert clump is not None
         with pytest.raises(CheckError, match="buffered, not streamed: one chunk of 4 events"):
