@@ -114,7 +114,6 @@ NETWORK_OPTIONS = {
 }
 # pip splits these on whitespace into several values; the others are one value each.
 MANY_VALUES = frozenset({"extra-index-url", "trusted-host"})
-DEFAULT_INDEX = "https://pypi.org/simple/"  # pip's own, when nothing names one
 
 
 def pip_settings() -> dict[str, str]:
@@ -164,6 +163,17 @@ def pip_environment(settings: dict[str, str]) -> list[str]:
     return variables
 
 
+def _pip_default_index() -> str:
+    """The index pip itself uses when nothing names one, as pip says it (no host is written
+    here); without pip the caller falls back."""
+    try:
+        from pip._internal.models.index import PyPI  # noqa: PLC0415 - only when nothing names an index
+    except Exception as error:  # noqa: BLE001 - no pip, or its internals moved
+        why = type(error).__name__
+        raise FallBack(f"no index is named and pip's default cannot be read ({why})") from None
+    return str(PyPI.simple_url)
+
+
 def index_and_cafile(env: dict[str, str]) -> tuple[str, str | None]:
     """The index and CA file of pip's settings: this path uses nothing else of them."""
     variables = ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL")
@@ -175,7 +185,7 @@ def index_and_cafile(env: dict[str, str]) -> tuple[str, str | None]:
         except FallBack:
             if not named:
                 raise
-    index = (named or settings.get("index-url") or DEFAULT_INDEX).split()[0]
+    index = (named or settings.get("index-url") or _pip_default_index()).split()[0]
     cafile = env.get("PIP_CERT") or settings.get("cert") or None
     if urllib.parse.urlsplit(index).username:
         raise FallBack("the index URL carries credentials")

@@ -110,16 +110,25 @@ class LambdaApi:
         self._session = boto3.session.Session(region_name=region)
         self._client: Any = self._session.client("lambda", config=_CONFIG)
 
-    def function(self, name: str) -> FunctionState | None:
-        """The function's state, or None when Lambda has no function of that name."""
+    @staticmethod
+    def _ask(operation: str, call: Any, name: str) -> dict[str, Any] | None:
+        """Lambda's answer about function `name`, None when it has no such resource, else an
+        AwsError naming the call."""
         try:
-            reply = self._client.get_function(FunctionName=name)
+            reply: dict[str, Any] = call(FunctionName=name)
         except ClientError as exc:
             if _code(exc) == "ResourceNotFoundException":
                 return None
-            raise lambda_error("lambda:GetFunction", exc) from exc
+            raise lambda_error(f"lambda:{operation}", exc) from exc
         except BotoCoreError as exc:
-            raise lambda_error("lambda:GetFunction", exc) from exc
+            raise lambda_error(f"lambda:{operation}", exc) from exc
+        return reply
+
+    def function(self, name: str) -> FunctionState | None:
+        """The function's state, or None when Lambda has no function of that name."""
+        reply = self._ask("GetFunction", self._client.get_function, name)
+        if reply is None:
+            return None
         config = reply.get("Configuration") or {}
         code = reply.get("Code") or {}
 
@@ -143,14 +152,9 @@ class LambdaApi:
 
     def url_config(self, name: str) -> UrlConfig | None:
         """The function URL's configuration, or None when the function has none."""
-        try:
-            reply = self._client.get_function_url_config(FunctionName=name)
-        except ClientError as exc:
-            if _code(exc) == "ResourceNotFoundException":
-                return None
-            raise lambda_error("lambda:GetFunctionUrlConfig", exc) from exc
-        except BotoCoreError as exc:
-            raise lambda_error("lambda:GetFunctionUrlConfig", exc) from exc
+        reply = self._ask("GetFunctionUrlConfig", self._client.get_function_url_config, name)
+        if reply is None:
+            return None
         return UrlConfig(
             url=str(reply.get("FunctionUrl") or ""),
             auth_type=str(reply.get("AuthType") or ""),
