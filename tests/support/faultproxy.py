@@ -212,9 +212,7 @@ class FaultProxy:
                         handler.close_connection = True
                         _reset(handler.connection)
                         return
-                    self._note(
-                        f"{method} {path} -> stalled {fault.seconds:.0f} s after {sent} bytes (fault)"
-                    )
+                    self._note(f"{method} {path} -> stalled {fault.seconds:.0f} s after {sent} bytes (fault)")
                     time.sleep(fault.seconds)
                     fault = None
                 self._link.carry(len(data))
