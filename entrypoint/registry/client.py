@@ -42,6 +42,9 @@ ACCEPT = ", ".join((*IMAGE_MANIFESTS, *INDEXES))
 
 # A layer upload may take long, but never this long without the registry reading from it.
 UPLOAD_STALL_S = 30.0
+# A registry that ignores a Range header sends the whole blob: this much of it is read (a
+# blob that small is then still of use), and the connection is dropped on the rest.
+RANGE_FALLBACK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -194,11 +197,62 @@ class RegistryClient:
             )
         return response.headers.get("Docker-Content-Digest", manifest.digest)
 
-    def get_blob(self, repository: str, digest: str) -> bytes:
+    def get_blob(self, repository: str, digest: str, *, limit: int | None = None) -> bytes:
+        """The whole blob, checked against its digest. `limit`: the most bytes to take from the
+        registry, for blobs read whole that a registry answer could make endless (a config)."""
         what = f"read blob {digest[:19]} of {repository}"
-        response = self.transport.request("GET", self._path(repository, "blobs", digest), what)
-        self._expect(response, 200, what)
-        return self._verified(response.content, digest, what)
+        if limit is None:
+            response = self.transport.request("GET", self._path(repository, "blobs", digest), what)
+            self._expect(response, 200, what)
+            return self._verified(response.content, digest, what)
+        response = self.transport.request("GET", self._path(repository, "blobs", digest), what, stream=True)
+        try:
+            self._expect(response, 200, what)
+            content = self._read_at_most(response, limit + 1, what)
+        finally:
+            response.close()
+        if len(content) > limit:
+            raise RegistryError(
+                f"registry {self.host} answered {what} with more than {limit} bytes, the most read of it",
+                "check the image in the registry, push it again with docker or buildx, and rerun",
+            )
+        return self._verified(content, digest, what)
+
+    def blob_range(self, repository: str, digest: str, start: int, stop: int, size: int) -> bytes | None:
+        """Bytes [start, stop) of a blob of `size` bytes (the manifest's word), through an HTTP
+        Range request: a few bytes of a layer without downloading it.
+
+        None when the registry does not give exactly those bytes: it refused the range (416),
+        answered another range or another blob size, or ignored the Range header and sent
+        the whole blob (200). Of a whole blob no more than RANGE_FALLBACK_BYTES are read; a
+        blob that small is used, once it hashes to its digest."""
+        if not 0 <= start < stop <= size:
+            raise ValueError(f"bytes [{start}, {stop}) are not within a blob of {size} bytes")
+        what = f"read bytes {start}-{stop - 1} of blob {digest[:19]} of {repository}"
+        response = self.transport.request(
+            "GET",
+            self._path(repository, "blobs", digest),
+            what,
+            headers={"Range": f"bytes={start}-{stop - 1}"},
+            stream=True,
+        )
+        try:
+            if response.status_code == 416:
+                return None
+            if response.status_code == 206:
+                found = _content_range(response.headers.get("Content-Range", ""))
+                if found not in ((start, stop, size), (start, stop, None)):
+                    return None
+                # One byte more than asked shows a body longer than its Content-Range.
+                content = self._read_at_most(response, stop - start + 1, what)
+                return content if len(content) == stop - start else None
+            self._expect(response, 200, what)
+            content = self._read_at_most(response, RANGE_FALLBACK_BYTES + 1, what)
+        finally:
+            response.close()
+        if len(content) != size or size > RANGE_FALLBACK_BYTES:
+            return None
+        return self._verified(content, digest, what)[start:stop]
 
     @contextmanager
     def stream_blob(self, repository: str, digest: str) -> Iterator[IO[bytes]]:
@@ -341,6 +395,25 @@ class RegistryClient:
         # The fragment stays behind: it is never sent, and a query appended after it would be lost.
         return (target.path or "/") + (f"?{target.query}" if target.query else "")
 
+    def _read_at_most(self, response: requests.Response, limit: int, what: str) -> bytes:
+        """At most `limit` bytes of a streamed body (a transfer encoding undone); the caller
+        closes the response, which drops the rest unread."""
+        parts: list[bytes] = []
+        count = 0
+        try:
+            for chunk in response.iter_content(min(limit, 1 << 16)):
+                parts.append(chunk[: limit - count])
+                count += len(parts[-1])
+                if count >= limit:
+                    break
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise RegistryError(
+                f"registry {self.host} broke off the answer to {what}: {short_error(exc)}",
+                f"check that the registry host '{self.host}' is reachable from this runner, then rerun",
+                temporary=True,
+            ) from exc
+        return b"".join(parts)
+
     def _expect(self, response: requests.Response, status: int, what: str) -> None:
         if response.status_code == status:
             return
@@ -355,6 +428,15 @@ class RegistryClient:
             f"{registry_message(response)}",
             "see the registry's message; rerun if it was transient",
         )
+
+
+def _content_range(value: str) -> tuple[int, int, int | None] | None:
+    """A 206's `Content-Range: bytes first-last/size` as (first, last + 1, size or None for `*`)."""
+    matched = re.fullmatch(r"\s*bytes\s+(\d{1,19})-(\d{1,19})/(\d{1,19}|\*)\s*", value)
+    if matched is None:
+        return None
+    first, last, size = matched.groups()
+    return int(first), int(last) + 1, None if size == "*" else int(size)
 
 
 def index_entries(index: Manifest) -> list[dict[str, Any]]:
