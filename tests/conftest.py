@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tests.support.act import action_checkout
+from tests.support.ecrsync import EcrSync
 from tests.support.stack import (
     ECR_PASSWORD,
     ECR_USER,
@@ -176,3 +177,16 @@ def app(workspace: Workspace, busybox_base: str) -> Workspace:
         "app",
     )
     return workspace
+
+
+@pytest.fixture(scope="session")
+def ecr_sync(moto_server: MotoServer) -> Iterator[EcrSync]:
+    """A registry (``ecr_sync.registry``, moto's ECR login) whose every manifest push is put
+    into moto's ECR with the registry's digest, as ECR's scanning sees a push; create the
+    repository (``ecr_repository``) before pushing, and ``ecr_sync.wait(repo, digest)``."""
+    with (
+        EcrSync(moto_server.endpoint, AWS_REGION) as sync,
+        Registry(user=ECR_USER, password=ECR_PASSWORD, notify_url=sync.url) as reg,
+    ):
+        sync.follow(reg)
+        yield sync

@@ -14,11 +14,16 @@ resource of a type the gate does not read that carries an image each fail it. A 
 URL's invoke mode or a function's environment that the plan leaves open is judged for every
 value it may take: the image passes only if it passes for each (an image without the Lambda
 Web Adapter does; one with it cannot be right for both, so it fails with the reason).
+
+With `scan` on, every image that passed those checks is also judged by ECR's vulnerability
+findings (`checks.scan`): its latest scan is read (one is started when it has none), and an
+image with findings at or above `scan-fail-on` that `scan-ignore` does not accept is refused,
+as is one ECR cannot say is clean.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeAlias
 
 from entrypoint import github
@@ -31,6 +36,7 @@ from entrypoint.checks.lambda_rules import (
     check_image,
     facts_from_registry,
 )
+from entrypoint.checks.scan import require_clean, scan_image
 from entrypoint.checks.tfplan import (
     UNKNOWN_MODE,
     PlanImages,
@@ -39,14 +45,16 @@ from entrypoint.checks.tfplan import (
     images_in_plan,
     load_plan,
 )
-from entrypoint.errors import RegistryError, VerifyError
-from entrypoint.registry.reference import parse_image_uri
+from entrypoint.errors import AwsError, CheckError, RegistryError, RepositoryMissingError, VerifyError
+from entrypoint.registry.ecr import Ecr
+from entrypoint.registry.reference import is_ecr, parse_image_uri
 from entrypoint.registry.session import Session, open_session
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from entrypoint.checks.imagefacts import ImageFacts
+    from entrypoint.checks.scan import ScanRule
     from entrypoint.inputs import VerifyInputs
     from entrypoint.registry.client import RegistryClient
 
@@ -59,8 +67,11 @@ UNPINNED = "unpinned"
 INVALID = "invalid"
 UNSUPPORTED = "unsupported"
 ERROR = "error"
+VULNERABLE = "vulnerable"
 # Where an image is looked up: (registry host, repository, digest).
 _Key: TypeAlias = tuple[str, str, str]
+# Where ECR scans it: (region, registry ID or "" for the caller's, repository, digest).
+_ScanKey: TypeAlias = tuple[str, str, str, str]
 _MARK = {
     OK: "✔",
     MISSING: "✘",
@@ -70,6 +81,7 @@ _MARK = {
     INVALID: "✘",
     UNSUPPORTED: "✘",
     ERROR: "✘",
+    VULNERABLE: "✘",
 }
 
 UNKNOWN_DETAIL = (
@@ -239,6 +251,7 @@ def verify(inputs: VerifyInputs) -> VerifyReport:
     looked_up = [row for row in rows if isinstance(row, _Wanted)]
     keys = list(dict.fromkeys(row.key for row in looked_up))
     facts: dict[_Key, ImageFacts | tuple[str, str, str]] = {}
+    session: Session | None = None
     if keys:
         with github.stage("log in to Amazon ECR"):
             session = open_session(inputs.region, ((inputs.registry, "registry"),) if inputs.registry else ())
@@ -251,6 +264,15 @@ def verify(inputs: VerifyInputs) -> VerifyReport:
     report.findings = [
         row if isinstance(row, Finding) else _judge(inputs, row, facts[row.key]) for row in rows
     ]
+    if inputs.scan is not None and session is not None:
+        passed = {
+            _scan_key(row, inputs.region)
+            for row, f in zip(rows, report.findings, strict=True)
+            if _scannable(row, f)
+        }
+        if passed:
+            with github.stage(f"read ECR's scan of {len(passed)} image(s)"):
+                report.findings = _scan_all(inputs.scan, session.ecr, rows, report.findings)
 
     for line in report.table():
         github.info(line)
@@ -441,3 +463,67 @@ def _open_fixes(row: _Wanted) -> list[str]:
 
 def _numbered(violations: list[Violation]) -> str:
     return "; ".join(f"({n}) {v.line()}" for n, v in enumerate(violations, 1))
+
+
+def _scannable(row: Finding | _Wanted, finding: Finding) -> bool:
+    """Only images that passed the other checks are scanned: the rest are refused already."""
+    return isinstance(row, _Wanted) and not finding.failed
+
+
+def _scan_key(row: Finding | _Wanted, region: str) -> _ScanKey:
+    """Where ECR scans the image: an ECR host names its account and region (a plan may deploy
+    images of several); any other host is the caller's registry in the `region` input."""
+    image = row.image
+    uri = parse_image_uri(image)
+    if uri is None or uri.digest is None:
+        raise AssertionError(f"not a pinned image URI: {image}")  # _row made sure it is
+    if is_ecr(uri.host):
+        account, _, _, host_region, *_ = uri.host.lower().split(".")
+        return host_region, account, uri.repository, uri.digest
+    return region, "", uri.repository, uri.digest
+
+
+def _scan_all(
+    rule: ScanRule, ecr: Ecr, rows: list[Finding | _Wanted], findings: list[Finding]
+) -> list[Finding]:
+    """The findings with each scanned image's verdict: refused when the scan gate refuses it,
+    else its scan counts added to what was checked."""
+    clients = {ecr.region: ecr}
+    outcomes: dict[_ScanKey, tuple[str, str, str] | str] = {}
+    judged: list[Finding] = []
+    for row, finding in zip(rows, findings, strict=True):
+        if not _scannable(row, finding):
+            judged.append(finding)
+            continue
+        key = _scan_key(row, ecr.region)
+        if key not in outcomes:
+            region = key[0]
+            if region not in clients:
+                clients[region] = Ecr(region)
+            outcomes[key] = _scan_one(rule, clients[region], key)
+        outcome = outcomes[key]
+        if isinstance(outcome, str):
+            judged.append(replace(finding, detail=finding.detail + outcome))
+        else:
+            judged.append(Finding(finding.source, finding.image, *outcome))
+    return judged
+
+
+def _scan_one(rule: ScanRule, ecr: Ecr, key: _ScanKey) -> tuple[str, str, str] | str:
+    """(status, detail, fix) of an image the scan gate refuses, else what to add to its detail."""
+    _, account, repository, digest = key
+    reference = f"{repository}@{digest[:19]}…"
+    github.info(f"  {reference}")
+    try:
+        result = scan_image(
+            ecr, ecr.repository(repository, account or None), digest, rule, reference, reuse=True
+        )
+    except (AwsError, CheckError, RepositoryMissingError) as exc:
+        return ERROR, f"could not be scanned: {exc.cause}", exc.fix
+    try:
+        require_clean(result, rule)
+    except CheckError as exc:
+        return VULNERABLE, f"is refused by the scan gate: {exc.cause}", exc.fix
+    accepted = f", {len(result.ignored)} accepted by scan-ignore" if result.ignored else ""
+    judged = f"none at or above {rule.fail_on}" if rule.fail_on else "report only"
+    return f"; ECR scan: {result.counted()} ({judged}{accepted})"

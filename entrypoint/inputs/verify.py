@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from entrypoint.checks.lambda_rules import parse_invoke_mode
+from entrypoint.checks.scan import ScanRule, parse_scan_rule
 from entrypoint.errors import InputError
 from entrypoint.inputs.common import (
     DEFAULT_PLATFORM,
@@ -19,7 +20,18 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-VERIFY_INPUTS = ("image-uris", "plan", "region", "registry", "platform", "invoke-mode")
+VERIFY_INPUTS = (
+    "image-uris",
+    "plan",
+    "region",
+    "registry",
+    "platform",
+    "invoke-mode",
+    "scan",
+    "scan-fail-on",
+    "scan-ignore",
+    "scan-timeout",
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,7 @@ class VerifyInputs:
     registry: str | None
     platform: str
     invoke_mode: str | None
+    scan: ScanRule | None = None  # the ECR scan gate's rule, when it is on
 
 
 def parse_verify(raw: Mapping[str, str], workspace: Path) -> VerifyInputs:
@@ -64,4 +77,10 @@ def parse_verify(raw: Mapping[str, str], workspace: Path) -> VerifyInputs:
         registry=parse_registry(raw),
         platform=platform,
         invoke_mode=parse_invoke_mode(raw.get("invoke-mode", "")),
+        scan=parse_scan_rule(
+            raw.get("scan", ""),
+            raw.get("scan-fail-on", ""),
+            raw.get("scan-ignore", ""),
+            raw.get("scan-timeout", ""),
+        ),
     )

@@ -113,3 +113,37 @@ def push_index_with_attestation(registry: Registry, repo: str, tag: str = "lates
     ).encode()
     index_digest = registry.put_manifest(repo, tag, index, MEDIA_OCI_INDEX)
     return PushedIndex(index_digest, image_digest, attestation_digest)
+
+
+def push_image(registry: Registry, repo: str, tag: str, files: dict[str, bytes] | None = None) -> str:
+    """A small linux/amd64 image pushed through the API (no engine): one layer holding
+    `files` (by default a script; vary it for a new digest) and a CMD, as one OCI image
+    manifest tagged `tag`. Returns the manifest's digest."""
+    layer, diff_id = oci_layer(files or {"app/main.sh": b"#!/bin/sh\necho hi\n"})
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/app/main.sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": registry.put_blob(repo, config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": registry.put_blob(repo, layer),
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+    return registry.put_manifest(repo, tag, manifest, MEDIA_OCI_MANIFEST)

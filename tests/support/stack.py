@@ -191,6 +191,8 @@ class Registry:
     ``docker login -u AWS -p <moto ECR token>`` sends. ``readonly=True`` turns on
     ``storage.maintenance.readonly`` so every push is rejected. Pass ``storage`` to
     share (and keep) a storage directory, e.g. a read-only view of another registry.
+    ``notify_url`` turns on the registry's notifications: it POSTs an envelope of events
+    for every manifest push to that URL (as ECR tells its own services; tests/support/ecrsync.py).
     """
 
     def __init__(
@@ -204,6 +206,7 @@ class Registry:
         binary: str = "docker-registry",
         address: str = "127.0.0.1",
         tls: tuple[Path, Path, Path] | None = None,
+        notify_url: str | None = None,
     ) -> None:
         """`address`: the address to listen on; `tls`: (certificate, key, CA that signed it)
         to serve HTTPS, as a registry on another host must for the engine to use it."""
@@ -216,6 +219,7 @@ class Registry:
         self.binary = binary
         self.address = address
         self.tls = tls
+        self.notify_url = notify_url
         self._own_storage = storage is None
         self._storage = storage
         self._tmp: Path | None = None
@@ -271,6 +275,21 @@ class Registry:
             config["http"]["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
         if htpasswd is not None:
             config["auth"] = {"htpasswd": {"realm": "basic-realm", "path": str(htpasswd)}}
+        if self.notify_url is not None:
+            config["notifications"] = {
+                "endpoints": [
+                    {
+                        "name": "notify",
+                        "url": self.notify_url,
+                        "timeout": "5s",
+                        "threshold": 3,
+                        "backoff": "1s",
+                        # Pushes of manifests only: not blob uploads, pulls, mounts or deletes.
+                        "ignoredmediatypes": ["application/octet-stream"],
+                        "ignore": {"actions": ["pull", "mount", "delete"]},
+                    }
+                ]
+            }
         return config
 
     def start(self) -> Registry:
