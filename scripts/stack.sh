@@ -22,8 +22,13 @@ DOCKERD_LOG="$STACK/dockerd.log"
 # Debian packages the stack needs; each maps to a command checked first.
 # iproute2, openssl and util-linux (nsenter): the remote-engine tests make a second host in a
 # network namespace, with certificates of their own. patchelf: sid's runc (engine matrix,
-# below) is pointed at sid's own loader and libc.
-APT_PACKAGES=(docker.io docker-registry debootstrap busybox-static apache2-utils git ca-certificates iproute2 openssl util-linux patchelf)
+# below) is pointed at sid's own loader and libc. chromium: tests/support/render.py renders the
+# job summary in it, through Playwright (whose own browser downloads are never used); the
+# emoji font draws the few marks the summary uses, as GitHub's pages do.
+APT_PACKAGES=(docker.io docker-registry debootstrap busybox-static apache2-utils git ca-certificates iproute2 openssl util-linux patchelf chromium fonts-noto-color-emoji)
+
+# Mermaid, pinned so that a rendered summary (and its screenshot) only changes when this does.
+MERMAID_VERSION=11.17.2
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 die() { printf 'stack: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -59,6 +64,10 @@ ensure_packages() {
     if [ "$p" = docker.io ] && command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1; then
       continue
     fi
+    # Ubuntu's chromium package is a snap stub; GitHub's runners have a real Chromium or Chrome.
+    if [ "$p" = chromium ] && command -v chromium chromium-browser google-chrome >/dev/null 2>&1; then
+      continue
+    fi
     pkg_installed "$p" || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -69,6 +78,11 @@ ensure_packages() {
   if ! command -v node >/dev/null 2>&1; then
     apt_update_once
     apt_install nodejs
+  fi
+  # Debian packages npm apart from nodejs (NodeSource's nodejs and the runners include it).
+  if ! command -v npm >/dev/null 2>&1; then
+    apt_update_once
+    apt_install npm
   fi
   # Debian 13+ ships buildx as its own package; bookworm (12) has none, and there the
   # Debian 20.10 CLI's built-in `DOCKER_BUILDKIT=1 docker build` is used instead.
@@ -241,6 +255,29 @@ ensure_venv() {
   printf '%s\n' "$want" >"$stamp"
 }
 
+# mermaid's browser bundle for tests/support/render.py, from npm into .stack/npm (scripts off:
+# only dist/mermaid.min.js is read). A present install of the pinned version is kept, so a
+# machine that has it needs no network.
+ensure_mermaid() {
+  local dest="$STACK/npm" have work
+  have=$(node -e 'process.stdout.write(require(process.argv[1]).version)' \
+    "$dest/node_modules/mermaid/package.json" 2>/dev/null || true)
+  if [ "$have" = "$MERMAID_VERSION" ] && [ -s "$dest/node_modules/mermaid/dist/mermaid.min.js" ]; then
+    return 0
+  fi
+  # Made beside its destination and renamed into place: a half-done install never looks done.
+  work=$(mktemp -d "$STACK/.npm.XXXXXX")
+  log "npm install mermaid@$MERMAID_VERSION into $dest"
+  if ! npm install --prefix "$work" --save-exact --ignore-scripts --no-audit --no-fund --loglevel=error \
+    "mermaid@$MERMAID_VERSION" >"$work.log" 2>&1; then
+    tail -n 20 "$work.log" >&2 || true
+    rm -rf "$work" "$work.log"
+    die "npm could not install mermaid@$MERMAID_VERSION (the summary rendering tests need it)"
+  fi
+  rm -rf "$dest" "$work.log"
+  mv "$work" "$dest"
+}
+
 # Pick a docker CLI that can build with BuildKit: one where `docker buildx version`
 # works (Debian 13 docker-buildx, or any CLI with the plugin), else Debian's own
 # /usr/bin/docker (20.10, BuildKit built in via DOCKER_BUILDKIT=1). Static CLIs without
@@ -321,6 +358,7 @@ cmd_up() {
   ensure_test_buildx
   ensure_sid_engine
   ensure_venv
+  ensure_mermaid
   ensure_shim
   ensure_dockerd
   write_env
@@ -355,6 +393,8 @@ cmd_status() {
     if pkg_installed "$p"; then echo "package $p: installed"; else echo "package $p: missing"; fi
   done
   echo "venv: $([ -x "$VENV/bin/python" ] && echo present || echo missing)"
+  echo "mermaid: $(node -e 'process.stdout.write(require(process.argv[1]).version)' \
+    "$STACK/npm/node_modules/mermaid/package.json" 2>/dev/null || echo missing)"
   if [ -f "$STACK/engines/sid/stamp" ]; then
     echo "sid engine: $(paste -sd, "$STACK/engines/sid/versions")"
   else
