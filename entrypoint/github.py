@@ -59,6 +59,27 @@ class ImageLog:
 _image_log: ContextVar[ImageLog | None] = ContextVar("image_log", default=None)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage as it ran, for the job summary's timeline."""
+
+    name: str
+    image: str  # the image whose log it is in; "" for the run's own stages
+    started: float  # seconds since the epoch
+    seconds: float
+    ok: bool
+
+
+_stages: list[Stage] = []
+_stages_lock = threading.Lock()
+
+
+def stages() -> tuple[Stage, ...]:
+    """Every stage ended so far in this process, in the order they started."""
+    with _stages_lock:
+        return tuple(sorted(_stages, key=lambda stage: stage.started))
+
+
 @contextmanager
 def image_log(name: str) -> Iterator[ImageLog]:
     """Collect this thread's output for the image `name`; stage lines still show live."""
@@ -199,7 +220,7 @@ def stage(name: str) -> Iterator[None]:
         with _out:
             print(f"[{_now()}] [{log.name}] ▶ {name}", flush=True)
     info(f"[{_now()}] ▶ {name}")
-    started = time.monotonic()
+    started, wall = time.monotonic(), time.time()
     ok = False
     try:
         yield
@@ -207,6 +228,8 @@ def stage(name: str) -> Iterator[None]:
     finally:
         took = time.monotonic() - started
         info(f"[{_now()}] {'✔' if ok else '✘'} {name} ({took:.1f} s)")
+        with _stages_lock:
+            _stages.append(Stage(name, log.name if log is not None else "", wall, took, ok))
 
 
 def set_outputs(outputs: Mapping[str, str]) -> None:

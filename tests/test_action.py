@@ -28,7 +28,15 @@ def test_action_declares_every_input_the_entrypoint_reads() -> None:
     step_env = spec["runs"]["steps"][-1]["env"]
     for name in PUBLISH_INPUTS:
         assert step_env[f"INPUT_{name.upper()}"] == f"${{{{ inputs.{name} }}}}"
-    assert set(spec["outputs"]) == {"image-uri", "digest", "tags", "registry", "repository", "images"}
+    assert set(spec["outputs"]) == {
+        "image-uri",
+        "digest",
+        "tags",
+        "registry",
+        "repository",
+        "images",
+        "report",
+    }
 
 
 def test_gha_cache_mode_exposes_the_runtime_token_only_when_asked() -> None:

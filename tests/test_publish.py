@@ -106,7 +106,7 @@ def test_publish_tags_commit_env_and_latest_with_one_single_manifest(
     assert (config["os"], config["architecture"]) == ("linux", "amd64")
     assert config["config"]["Cmd"] == ["cat", "/app/app.txt"]
 
-    assert "| image-uri |" in run.summary
+    assert f"| image | <code>{registry.host}/{repo}@{digest}</code> |" in run.summary
     assert digest in run.summary
     assert "::group::BuildKit build log" in run.stdout
 

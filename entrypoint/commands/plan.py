@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from entrypoint.checks.sizes import human_bytes
 from entrypoint.errors import InputError
 from entrypoint.inputs import SHA_RE, PublishInputs
 from entrypoint.registry import tags
@@ -18,8 +19,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
+    from entrypoint.checks.sizes import Growth
     from entrypoint.registry.client import Descriptor, RegistryClient
-    from entrypoint.registry.ecr import RegistryLogin, Repository
+    from entrypoint.registry.ecr import Ecr, RegistryLogin, Repository
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,40 @@ class Plan:
             lines.append(f"build args  : {', '.join(k for k, _ in i.build_args)}")
         if not i.push:
             lines.append("push        : false (build and check only; nothing leaves this machine)")
+        gates = _gates(i)
+        if gates and i.push:
+            lines.append(f"gates       : {gates} (before any tag moves)")
         return lines
+
+
+def _gates(inputs: PublishInputs) -> str:
+    budget, rule = inputs.budget, inputs.scan
+    parts = [
+        f"{what} {human_bytes(value)}"
+        for what, value in (("size at most", budget.limit), ("warn above", budget.warn))
+        if value is not None
+    ]
+    parts += [
+        f"{what} {_growth(growth)}"
+        for what, growth in (
+            ("growth at most", budget.growth_limit),
+            ("warn on growth above", budget.growth_warn),
+        )
+        if growth is not None
+    ]
+    if rule is not None:
+        fails = f"fails on {rule.fail_on.lower()} and above" if rule.fail_on else "reports only"
+        accepted = f", {len(rule.ignore)} accepted finding(s)" if rule.ignore else ""
+        parts.append(f"ECR scan {fails}{accepted}")
+    return "; ".join(parts)
+
+
+def _growth(growth: Growth) -> str:
+    both = [
+        f"{growth.percent:g}%" if growth.percent is not None else "",
+        human_bytes(growth.bytes) if growth.bytes is not None else "",
+    ]
+    return " or ".join(part for part in both if part)
 
 
 # Where CI systems put the commit being built: GitHub Actions, GitLab CI, Jenkins' git plugin.
@@ -129,6 +164,8 @@ class Target:
     current: dict[str, Descriptor | None]
     # registry-inline: the image whose inline cache covers the most layers (cache.py).
     anchor: Descriptor | None = None
+    # The ECR API of the login, for the scan gate.
+    ecr: Ecr | None = None
 
     @property
     def place(self) -> tags.Place:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from entrypoint import cancel, github
 from entrypoint.build import buildkit, cache, layering
 from entrypoint.build.fingerprint import Fingerprint, compute_fingerprint, included_paths_under
-from entrypoint.checks import lambda_rules
+from entrypoint.checks import lambda_rules, scan, sizes
 from entrypoint.commands import image_build
 from entrypoint.commands.plan import Target
 from entrypoint.engine import ENGINE_VARIABLES, Engine, resolve_with_engine
@@ -69,6 +69,10 @@ class Job:
     built_here: bool = False
     image_id: str = ""
     moved: tags.Moved = field(default_factory=list)
+    built: buildkit.BuildResult | None = None
+    uploaded: frozenset[str] = frozenset()  # the push's short layer ids it uploaded
+    sizes: sizes.SizeDiff | None = None
+    scan: scan.ScanResult | None = None
 
     @property
     def outcome(self) -> str:
@@ -146,7 +150,7 @@ def produce(
         return
     with build_slot:
         cancel.raise_if_requested()  # a cancel while this image waited for its turn
-        image_build.build(plan, target, builders())
+        job.built = image_build.build(plan, target, builders())
     # The image as the engine names it under the tag the build gave it, whatever its store
     # (the iidfile's digest is the config's on the containerd store, unknown to the engine).
     job.image_id = engine.image_id(plan.local_image)
@@ -158,8 +162,72 @@ def produce(
         )
         return
     with github.stage(f"push {plan.reference(plan.commit_tag)}"):
-        job.manifest = _push_commit_tag(engine, plan, target, job.image_id)
+        job.manifest, job.uploaded = _push_commit_tag(engine, plan, target, job.image_id)
     job.built_here = True
+
+
+def examine(job: Job) -> None:
+    """The image's sizes against the environment's previous image, then the size budget and
+    the scan gate: once the commit tag holds the complete image, before any tag moves."""
+    plan, target, manifest = job.plan, job.target, job.manifest
+    assert target is not None
+    assert manifest is not None
+    inputs = plan.inputs
+    name = target.repository.name
+    before = target.current.get(inputs.env)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="previous") as pool:
+        previous = (
+            pool.submit(_previous_anatomy, plan, target, before.digest)
+            if before is not None and before.digest != manifest.digest
+            else None
+        )
+        current = sizes.read_anatomy(target.registry, name, manifest)
+        if before is not None and before.digest == manifest.digest:
+            job.sizes = sizes.diff(current, current)
+        else:
+            job.sizes = sizes.diff(previous.result() if previous else None, current)
+    github.info(f"  {_size_line(job.sizes, inputs.env)}")
+    sizes.require_within_budget(job.sizes, inputs.budget, plan.reference(plan.commit_tag))
+    if inputs.scan is not None:
+        assert target.ecr is not None
+        job.scan = scan.scan_image(
+            target.ecr, target.repository, manifest.digest, inputs.scan, f"{name}@{manifest.digest}"
+        )
+        scan.require_clean(job.scan, inputs.scan)
+
+
+def _previous_anatomy(plan: Plan, target: Target, digest: str) -> sizes.Anatomy | None:
+    """The image the environment tag named before this run, as the image manifest of the
+    platform when another tool pushed it as an index."""
+    name = target.repository.name
+    manifest = target.registry.get_manifest(name, digest)
+    if manifest.is_index:
+        entry = next((e for e in index_images(manifest) if platform_of(e) == plan.inputs.platform), None)
+        if entry is None:
+            return None
+        manifest = target.registry.get_manifest(name, entry["digest"])
+    return sizes.read_anatomy(target.registry, name, manifest)
+
+
+def _size_line(diff: sizes.SizeDiff, env: str) -> str:
+    current = diff.current
+    size = (
+        f"{sizes.human_bytes(current.uncompressed)} uncompressed, "
+        if current.uncompressed is not None
+        else ""
+    ) + f"{sizes.human_bytes(current.compressed)} compressed, {len(current.layers)} layers"
+    if diff.previous is None:
+        return f"size: {size} (first image under {env})"
+    growth = diff.growth or 0
+    sign = "+" if growth >= 0 else "-"
+    percent = f", {diff.growth_percent:+.1f}%" if diff.growth_percent is not None else ""
+    counts = {
+        status: sum(1 for c in diff.changes if c.status == status) for status in ("reused", "rebuilt", "new")
+    }
+    return (
+        f"size: {size}; {sign}{sizes.human_bytes(abs(growth))}{percent} against {env}'s previous image "
+        f"({counts['reused']} layers reused, {counts['rebuilt']} rebuilt, {counts['new']} new)"
+    )
 
 
 def move(job: Job) -> None:
@@ -359,7 +427,12 @@ def connect(job: Job, session: Session) -> None:
     )
     anchor = heads[anchor_tag] if anchor_tag else None
     job.target = Target(
-        login=session.login, registry=registry, repository=repository, current=current, anchor=anchor
+        login=session.login,
+        registry=registry,
+        repository=repository,
+        current=current,
+        anchor=anchor,
+        ecr=session.ecr,
     )
 
 
@@ -391,7 +464,9 @@ def _config(target: Target, manifest: Manifest) -> bytes:
     return target.registry.get_blob(target.repository.name, digest) if digest else b"{}"
 
 
-def _push_commit_tag(engine: Engine, plan: Plan, target: Target, image_id: str) -> Manifest:
+def _push_commit_tag(
+    engine: Engine, plan: Plan, target: Target, image_id: str
+) -> tuple[Manifest, frozenset[str]]:
     name = target.repository.name
     remote = f"{plan.registry}/{name}"
     engine.tag(image_id, remote, plan.commit_tag)
@@ -402,7 +477,7 @@ def _push_commit_tag(engine: Engine, plan: Plan, target: Target, image_id: str) 
         engine.untag(f"{remote}:{plan.commit_tag}")
     # The registry accepts a manifest only once all its blobs are stored: reading it back by
     # digest proves the image is complete before any moving tag points at it.
-    manifest = target.registry.get_manifest(name, pushed)
+    manifest = target.registry.get_manifest(name, pushed.digest)
     if manifest.is_index:
         manifest = reduce_to_image_manifest(plan, target, manifest)
     # What Lambda will read is the pushed manifest, which the engine-side checks cannot see.
@@ -411,7 +486,7 @@ def _push_commit_tag(engine: Engine, plan: Plan, target: Target, image_id: str) 
     )
     lambda_rules.require_lambda_compatible(pushed_facts, plan.inputs.platform, None)
     github.info(f"  {plan.commit_tag} -> {manifest.digest} ({manifest.media_type})")
-    return manifest
+    return manifest, pushed.uploaded
 
 
 def reduce_to_image_manifest(plan: Plan, target: Target, index: Manifest) -> Manifest:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from entrypoint import github
 from entrypoint.build import buildkit
-from entrypoint.commands import publish
+from entrypoint.commands import publish, summary
 from entrypoint.commands.plan import Plan, resolve_commit
 from entrypoint.errors import ActionError
 from entrypoint.registry import tags
@@ -53,6 +53,7 @@ class ReleaseFailedError(ActionError):
             f"{fixes}; then rerun (images that passed are pushed under their commit tags and "
             "the rerun reuses them)",
         )
+        self.failures = failures
         codes = {exc.exit_code for _, exc in failures}
         self.exit_code = codes.pop() if len(codes) == 1 else 1
 
@@ -61,6 +62,7 @@ class ReleaseFailedError(ActionError):
 class ReleaseResult:
     images: tuple[tuple[str, PublishResult, str, float], ...]  # name, result, outcome, seconds
     single: bool
+    jobs: tuple[Job, ...] = ()
 
     def outputs(self) -> dict[str, str]:
         results = [result for _, result, _, _ in self.images]
@@ -82,23 +84,13 @@ class ReleaseResult:
             "tags": "\n".join(ref for result in results for ref in result.references),
             "registry": results[0].registry,
             "images": json.dumps(by_name, sort_keys=True),
+            "report": summary.dumps(summary.report(self.jobs, github.stages())),
         }
 
     def summary(self) -> str:
-        if self.single:
-            return publish.summary(self.images[0][1])
-        rows = [
-            (
-                github.markdown_text(name),
-                github.markdown_code(result.repository),
-                github.markdown_text(outcome),
-                github.markdown_code(result.digest),
-                f"{seconds:.1f} s",
-            )
-            for name, result, outcome, seconds in self.images
-        ]
-        header = ("image", "repository", "result", "digest", "time")
-        return "### Lambda images published\n\n" + github.markdown_table(header, rows)
+        if not self.jobs[0].plan.inputs.push:
+            return publish.summary(self.images[0][1], "Lambda image built (not pushed)")
+        return summary.markdown(self.jobs, github.stages())
 
 
 @dataclass
@@ -165,6 +157,7 @@ def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> Relea
         else:
             seconds = _produce_all(jobs, release.parallel, session, engine, builders)
     if first.push:
+        _examine_all(jobs, release.single)
         _move_all(jobs, release.single)
         with github.stage("verify the registry"):
             _each(jobs, _prefixed(publish.verify, release.single), release.single, "verifying its tags")
@@ -172,7 +165,26 @@ def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> Relea
     return ReleaseResult(
         images=tuple((job.name, job.result(), job.outcome, seconds.get(job.name, whole)) for job in jobs),
         single=release.single,
+        jobs=tuple(jobs),
     )
+
+
+def _examine_all(jobs: list[Job], single: bool) -> None:
+    """Sizes, the size budget and the scan gate of every image, before any tag moves. A
+    refusal still writes the summary (what was refused, and why) before it is raised."""
+    name = "measure the image" if single else f"measure the {len(jobs)} images"
+    if any(job.plan.inputs.scan is not None for job in jobs):
+        name += " and wait for its scan" if single else " and wait for their scans"
+    try:
+        with github.stage(name):
+            _each(jobs, _prefixed(publish.examine, single), single, "its size budget or scan gate")
+    except ActionError as exc:
+        failures = exc.failures if isinstance(exc, ReleaseFailedError) else [(jobs[0].name, exc)]
+        refused = {name: failed.cause for name, failed in failures}
+        # What was refused and why, for people (the summary) and for tools (the report).
+        github.set_outputs({"report": summary.dumps(summary.report(jobs, github.stages(), refused))})
+        github.write_summary(summary.markdown(jobs, github.stages(), refused))
+        raise
 
 
 def _plan(jobs: list[Job], release: ReleaseInputs, environ: Mapping[str, str]) -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import docker
     from docker import DockerClient
 
+    from entrypoint.engine.push import Pushed
     from entrypoint.registry.ecr import RegistryLogin
 
 
@@ -157,9 +158,10 @@ class Engine:
         does not know an image by (docker/buildx#3952)."""
         return str(self.inspect_image(reference)["Id"])
 
-    def push(self, repository: str, tag: str, login: RegistryLogin, platform: str | None = None) -> str:
-        """Push one tag; the digest the registry stored (see `push.push`). `platform`: the
-        image manifest to push, where the store holds an index (the containerd store)."""
+    def push(self, repository: str, tag: str, login: RegistryLogin, platform: str | None = None) -> Pushed:
+        """Push one tag; the digest the registry stored and the layers it uploaded (see
+        `push.push`). `platform`: the image manifest to push, where the store holds an index
+        (the containerd store)."""
         return push.push(self.endpoint, repository, tag, login, platform if self.containerd_store else None)
 
     @classmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -43,6 +44,16 @@ _TRANSIENT = ("connection reset by peer", "broken pipe", "use of closed network 
               ": eof", "502 bad gateway", "503 service unavailable", "504 gateway timeout",
               "tls handshake timeout")  # fmt: skip
 _DIGEST_LINE = re.compile(r"\bdigest: (sha256:[0-9a-f]{64}) size: \d+")
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """What a push stored: the manifest's digest, and the layers it uploaded (the engine's
+    short ids: a diff ID's on the classic store, the blob digest's on the containerd store),
+    not those the registry had already."""
+
+    digest: str
+    uploaded: frozenset[str]
 
 
 def _layer_done(status: str) -> bool:
@@ -94,8 +105,8 @@ class _Progress:
 
 def push(
     endpoint: Endpoint, repository: str, tag: str, login: RegistryLogin, platform: str | None = None
-) -> str:
-    """Push one tag and return the manifest digest the registry stored.
+) -> Pushed:
+    """Push one tag; the manifest digest the registry stored and the layers it uploaded.
 
     The engine's push reports progress as it goes. A push that makes none for
     `PUSH_STALL_S` (a reset it keeps retrying, a connection that stopped moving) is
@@ -106,9 +117,10 @@ def push(
     reference = f"{repository}:{tag}"
     started = time.monotonic()
     stall: _TryAgain | None = None
+    uploaded: set[str] = set()  # a try that stalled may have stored layers the next one skips
     for tries in range(1, PUSH_TRIES + 1):
         try:
-            return _push_once(endpoint, (repository, tag), login, platform)
+            return _push_once(endpoint, (repository, tag), login, platform, uploaded)
         except _TryAgain as stalled:
             stall = stalled
             if tries < PUSH_TRIES:
@@ -127,8 +139,12 @@ def push(
 
 
 def _push_once(
-    endpoint: Endpoint, pushed: tuple[str, str], login: RegistryLogin, platform: str | None
-) -> str:
+    endpoint: Endpoint,
+    pushed: tuple[str, str],
+    login: RegistryLogin,
+    platform: str | None,
+    uploaded: set[str],
+) -> Pushed:
     repository, tag = pushed
     auth = {"username": login.username, "password": login.password}
     reference = f"{repository}:{tag}"
@@ -148,7 +164,7 @@ def _push_once(
 
     try:
         with cancel.stopper(hang_up):
-            digest = _follow(_push_stream(api, pushed, auth, platform), reference, progress)
+            digest = _follow(_push_stream(api, pushed, auth, platform), reference, progress, uploaded)
     except APIError as exc:
         raise _push_error(reference, first_line(exc)) from exc
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -164,7 +180,7 @@ def _push_once(
             f"the engine pushed {reference} but reported no digest",
             "rerun; if it persists, check the engine's log",
         )
-    return digest
+    return Pushed(digest, frozenset(uploaded))
 
 
 def _push_stream(
@@ -195,8 +211,9 @@ def _push_stream(
     return events
 
 
-def _follow(events: Iterator[dict[str, Any]], reference: str, progress: _Progress) -> str:
-    """Read the push's progress to its end; the digest it reports."""
+def _follow(events: Iterator[dict[str, Any]], reference: str, progress: _Progress, uploaded: set[str]) -> str:
+    """Read the push's progress to its end; the digest it reports. Adds the layers it
+    uploaded to `uploaded`."""
     digest = ""
     for event in events:
         cancel.raise_if_requested()
@@ -215,6 +232,8 @@ def _follow(events: Iterator[dict[str, Any]], reference: str, progress: _Progres
         progress.see(event)
         if status and event.get("id") and status in ("Pushed", "Layer already exists", "Mounted from"):
             github.info(f"  {event['id']}: {status}")
+            if status == "Pushed":
+                uploaded.add(str(event["id"]))
         if time.monotonic() - progress.at > PUSH_STALL_S:
             raise _TryAgain(f"made no progress for {PUSH_STALL_S:.0f} s{progress.where()}")
     return digest

@@ -51,7 +51,13 @@ IMAGE_KEYS = (
     "secrets",
 )
 # Inputs that hold for the whole run: one login, one registry, one cache mode, one decision.
-RUN_KEYS = ("env", "region", "registry", "push", "cache", "cache-dir", "force-build", "parallel", "builder")
+# The gates too: they are the workflow's rules, and the file is the checkout's, which a pull
+# request can change (a file that could set `scan: false` would lift the gate it is under).
+RUN_KEYS = (
+    "env", "region", "registry", "push", "cache", "cache-dir", "force-build", "parallel", "builder",
+    "size-limit", "size-warn", "size-growth-limit", "size-growth-warn",
+    "scan", "scan-fail-on", "scan-ignore", "scan-timeout",
+)  # fmt: skip
 # Keys whose mapping merges over the input's (an image adds to or overrides single entries).
 MERGED_KEYS = ("build-args", "secrets")
 

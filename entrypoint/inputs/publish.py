@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
 from entrypoint.build.cli_env import cli_reads
 from entrypoint.checks.lambda_rules import parse_invoke_mode
+from entrypoint.checks.scan import ScanRule, parse_scan_rule
+from entrypoint.checks.sizes import SizeBudget, parse_growth, parse_size
 from entrypoint.errors import InputError
 from entrypoint.inputs.common import (
     BUILD_ARG_RE,
@@ -64,6 +66,14 @@ PUBLISH_INPUTS = (
     "config-tags",
     "parallel",
     "builder",
+    "size-limit",
+    "size-warn",
+    "size-growth-limit",
+    "size-growth-warn",
+    "scan",
+    "scan-fail-on",
+    "scan-ignore",
+    "scan-timeout",
 )
 
 
@@ -91,6 +101,9 @@ class PublishInputs:
     secrets: tuple[tuple[str, str], ...] = ()
     # An existing buildx builder, used as it is (remote BuildKit, cloud builders).
     builder: str | None = None
+    # Checked once the commit tag holds the image, before any moving tag moves.
+    budget: SizeBudget = field(default_factory=SizeBudget)
+    scan: ScanRule | None = None
 
     @property
     def secret_like_build_args(self) -> tuple[str, ...]:
@@ -178,6 +191,18 @@ def parse_publish(raw: Mapping[str, str], workspace: Path, runner_temp: Path | N
         invoke_mode=parse_invoke_mode(raw.get("invoke-mode", "")),
         secrets=_secrets(raw.get("secrets", "")),
         builder=parse_builder(raw),
+        budget=SizeBudget(
+            limit=parse_size(raw.get("size-limit", ""), "size-limit"),
+            warn=parse_size(raw.get("size-warn", ""), "size-warn"),
+            growth_limit=parse_growth(raw.get("size-growth-limit", ""), "size-growth-limit"),
+            growth_warn=parse_growth(raw.get("size-growth-warn", ""), "size-growth-warn"),
+        ),
+        scan=parse_scan_rule(
+            raw.get("scan", ""),
+            raw.get("scan-fail-on", ""),
+            raw.get("scan-ignore", ""),
+            raw.get("scan-timeout", ""),
+        ),
     )
 
 
