@@ -112,7 +112,10 @@ def test_a_code_change_publish_shows_each_layer_against_the_previous_image(
     names = [stage["name"] for stage in report(second)["stages"]]
     assert names[0] == "plan"
     assert "build" in names
-    assert any(name.startswith("measure the image") for name in names)
+    assert names.index("build") < names.index("move preprod, latest") < names.index("verify the registry")
+    # No gate: the sizes were read while the tags moved, and reported after.
+    assert not any(name.startswith("measure the image") for name in names)
+    assert re.search(r"size: [\d.]+ MB uncompressed, [\d.]+ MB compressed, 4 layers; \+", second.log)
 
     summary = second.summary
     assert "🔁 rebuilt" in summary
@@ -184,6 +187,7 @@ def test_growth_over_the_limit_is_refused_before_any_tag_moves(
         assert registry.manifest(repo, tag)[0] == before
     assert "not deployed" in run.summary
     assert "No environment tag moved" in run.summary
+    assert "▶ measure the image" in run.log  # a gate: measured before anything moves
     (refused,) = report(run)["images"]
     assert "size-growth-limit" in refused["refused"]
     assert by_line(refused, "RUN mkdir -p /deps/site")["status"] == "rebuilt"
@@ -266,9 +270,10 @@ def test_the_scan_gate_refuses_before_the_environment_tag_moves(
     (refused,) = report(run)["images"]
     assert [f["name"] for f in refused["scan"]["blocking"]] == ["CVE-2026-1111"]
 
-    # The team accepts the finding: the same image (ECR scans an image once a day; the gate
-    # reads that scan) now passes, and the environment tag moves to it.
+    # The team accepts the finding: the rebuilt image (its scan has the same finding) passes,
+    # and the environment tag moves to it.
+    ecr_sync.set_findings(repo, "", findings=[basic_finding("CVE-2026-1111", "CRITICAL", "openssl", "3.0.1")])
     again = publish(service, registry, repo, tmp_path, "--scan", "true", "--scan-ignore", "CVE-2026-1111")
-    assert registry.manifest(repo, "preprod")[0] == again.outputs["digest"] == refused["digest"]
+    assert registry.manifest(repo, "preprod")[0] == again.outputs["digest"]
     assert "passed (1 accepted)" in again.summary
     assert report(again)["images"][0]["scan"]["ignored"][0]["name"] == "CVE-2026-1111"

@@ -166,30 +166,46 @@ def produce(
     job.built_here = True
 
 
-def examine(job: Job) -> None:
-    """The image's sizes against the environment's previous image, then the size budget and
-    the scan gate: once the commit tag holds the complete image, before any tag moves."""
+def gated(job: Job) -> bool:
+    """Whether a size budget or the scan gate must pass before the image's tags move."""
+    inputs = job.plan.inputs
+    return not inputs.budget.empty or inputs.scan is not None
+
+
+def measure(job: Job) -> None:
+    """The image's layers and sizes, and their diff against the image the environment tag
+    names now (the one this publish replaces), read from the registry. Prints nothing: a
+    publish with no gate measures while its tags move, for the summary alone."""
     plan, target, manifest = job.plan, job.target, job.manifest
     assert target is not None
     assert manifest is not None
-    inputs = plan.inputs
     name = target.repository.name
-    before = target.current.get(inputs.env)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="previous") as pool:
-        previous = (
-            pool.submit(_previous_anatomy, plan, target, before.digest)
-            if before is not None and before.digest != manifest.digest
-            else None
-        )
+    before = target.current.get(plan.inputs.env)
+    if before is not None and before.digest == manifest.digest:
         current = sizes.read_anatomy(target.registry, name, manifest)
-        if before is not None and before.digest == manifest.digest:
-            job.sizes = sizes.diff(current, current)
-        else:
-            job.sizes = sizes.diff(previous.result() if previous else None, current)
-    github.info(f"  {_size_line(job.sizes, inputs.env)}")
+        job.sizes = sizes.diff(current, current)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="previous") as pool:
+        previous = pool.submit(_previous_anatomy, plan, target, before.digest) if before else None
+        current = sizes.read_anatomy(target.registry, name, manifest)
+        job.sizes = sizes.diff(previous.result() if previous else None, current)
+
+
+def examine(job: Job) -> None:
+    """Measure the image, then hold it to the size budget and the scan gate: once the commit
+    tag holds the complete image, before any tag moves."""
+    plan, target, manifest = job.plan, job.target, job.manifest
+    assert target is not None
+    assert manifest is not None
+    if job.sizes is None:
+        measure(job)
+    assert job.sizes is not None
+    inputs = plan.inputs
+    github.info(f"  {size_line(job.sizes, inputs.env)}")
     sizes.require_within_budget(job.sizes, inputs.budget, plan.reference(plan.commit_tag))
     if inputs.scan is not None:
         assert target.ecr is not None
+        name = target.repository.name
         job.scan = scan.scan_image(
             target.ecr, target.repository, manifest.digest, inputs.scan, f"{name}@{manifest.digest}"
         )
@@ -209,7 +225,7 @@ def _previous_anatomy(plan: Plan, target: Target, digest: str) -> sizes.Anatomy 
     return sizes.read_anatomy(target.registry, name, manifest)
 
 
-def _size_line(diff: sizes.SizeDiff, env: str) -> str:
+def size_line(diff: sizes.SizeDiff, env: str) -> str:
     current = diff.current
     size = (
         f"{sizes.human_bytes(current.uncompressed)} uncompressed, "

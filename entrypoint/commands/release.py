@@ -17,7 +17,7 @@ import contextlib
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -157,16 +157,49 @@ def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> Relea
         else:
             seconds = _produce_all(jobs, release.parallel, session, engine, builders)
     if first.push:
-        _examine_all(jobs, release.single)
-        _move_all(jobs, release.single)
-        with github.stage("verify the registry"):
-            _each(jobs, _prefixed(publish.verify, release.single), release.single, "verifying its tags")
+        if any(publish.gated(job) for job in jobs):
+            _examine_all(jobs, release.single)
+            _finish(jobs, release.single)
+        else:
+            # Nothing waits on the sizes but the summary: they are read while the tags move.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="measure") as pool:
+                measured = pool.submit(_measure_all, jobs)
+                _finish(jobs, release.single)
+                _report_sizes(jobs, measured)
     whole = time.monotonic() - began
     return ReleaseResult(
         images=tuple((job.name, job.result(), job.outcome, seconds.get(job.name, whole)) for job in jobs),
         single=release.single,
         jobs=tuple(jobs),
     )
+
+
+def _finish(jobs: list[Job], single: bool) -> None:
+    _move_all(jobs, single)
+    with github.stage("verify the registry"):
+        _each(jobs, _prefixed(publish.verify, single), single, "verifying its tags")
+
+
+def _measure_all(jobs: list[Job]) -> None:
+    with ThreadPoolExecutor(
+        max_workers=min(NETWORK_WORKERS, len(jobs)), thread_name_prefix="measure"
+    ) as pool:
+        for done in [pool.submit(publish.measure, job) for job in jobs]:
+            done.result()
+
+
+def _report_sizes(jobs: list[Job], measured: Future[None]) -> None:
+    """The sizes read beside the tag moves. The image is deployed by now: a registry that
+    would not say its sizes costs the summary its size facts, not the publish."""
+    try:
+        measured.result()
+    except ActionError as exc:
+        github.warning(f"the job summary has no sizes: {exc.cause}")
+        return
+    for job in jobs:
+        if job.sizes is not None:
+            prefix = f"[{job.name}] " if job.name else ""
+            github.info(f"  {prefix}{publish.size_line(job.sizes, job.plan.inputs.env)}")
 
 
 def _examine_all(jobs: list[Job], single: bool) -> None:
