@@ -191,6 +191,8 @@ def test_growth_over_the_limit_is_refused_before_any_tag_moves(
     (refused,) = report(run)["images"]
     assert "size-growth-limit" in refused["refused"]
     assert by_line(refused, "RUN mkdir -p /deps/site")["status"] == "rebuilt"
+    assert refused["references"] == [f"{registry.host}/{repo}:{service.head}"]  # the commit tag only
+    assert "<code>preprod</code>" not in run.summary
 
     # A warning alone lets it through.
     warned = publish(service, registry, repo, tmp_path, "--size-growth-warn", "10%")

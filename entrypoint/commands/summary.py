@@ -45,7 +45,7 @@ def report(
     refused = refused or {}
     began = min((stage.started for stage in stages), default=0.0)
     return {
-        "images": [_image_report(job, refused.get(job.name, "")) for job in jobs],
+        "images": [_image_report(job, refused.get(job.name, ""), bool(refused)) for job in jobs],
         "stages": [
             {
                 "name": stage.name,
@@ -74,7 +74,15 @@ def markdown(jobs: Sequence[Job], stages: Sequence[Stage], refused: Mapping[str,
     return "\n".join(parts)
 
 
-def _image_report(job: Job, refused: str) -> dict[str, Any]:
+def _references(job: Job, held: bool) -> list[str]:
+    """The references that name the image: only its commit tag when a gate held the release."""
+    result = job.result()
+    if held and result.references:
+        return [job.plan.reference(job.plan.commit_tag)]
+    return list(result.references)
+
+
+def _image_report(job: Job, refused: str, held: bool) -> dict[str, Any]:
     result = job.result()
     diff = job.sizes
     return {
@@ -83,7 +91,7 @@ def _image_report(job: Job, refused: str) -> dict[str, Any]:
         "registry": result.registry,
         "digest": result.digest,
         "image_uri": result.image_uri,
-        "references": list(result.references),
+        "references": _references(job, bool(refused)),
         "outcome": job.outcome,
         "refused": refused or None,
         "size": _size_report(diff),
@@ -229,7 +237,12 @@ def _image_section(job: Job, refused: Mapping[str, str], heading: str) -> str:
         title = f"{heading} ✅ {github.markdown_text(name)}: {github.markdown_text(job.outcome)}"
         lead = ""
     rows: list[tuple[str, str]] = [
-        ("tags", ", ".join(github.markdown_code(ref.rsplit(":", 1)[-1]) for ref in result.references)),
+        (
+            "tags",
+            ", ".join(
+                github.markdown_code(ref.rsplit(":", 1)[-1]) for ref in _references(job, bool(refused))
+            ),
+        ),
     ]
     if diff is not None:
         rows.append(("size", _size_cell(diff)))
