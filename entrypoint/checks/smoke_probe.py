@@ -264,9 +264,13 @@ class _Head:
             return []
         if not self.at:
             self.at = at
-        head = lines[starts[-1] :]
-        # wget -S ends the head with a blank line (busybox) or starts writing the body.
-        if self.early or any(not line.strip() for line in head[1:]):
+        # Whole lines only: a line cut after its indent would read as the blank line.
+        head = lines[starts[-1] :] if self.text.endswith(b"\n") else lines[starts[-1] : -1]
+        # wget -S indents the head's lines; busybox's ends it with a blank line, GNU's with its
+        # own unindented lines (Length:, Saving to:). Body that came first proves nothing: the
+        # engine copies stdout and stderr on their own, and the rest of the head may be on its
+        # way (a Content-Type read as missing).
+        if any(not line.strip() or not line[:1].isspace() for line in head[1:]):
             self._parse(head, self.at)
             return self.early
         return []
