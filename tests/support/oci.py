@@ -37,33 +37,7 @@ def oci_layer(files: dict[str, bytes]) -> tuple[bytes, str]:
 
 def push_index_with_attestation(registry: Registry, repo: str, tag: str = "latest") -> PushedIndex:
     """A linux/amd64 image and its provenance attestation, in an OCI index tagged `tag`."""
-    layer, diff_id = oci_layer({"app/main.sh": b"#!/bin/sh\necho hi\n"})
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["/app/main.sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MEDIA_OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": registry.put_blob(repo, config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": registry.put_blob(repo, layer),
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
+    manifest = _image_manifest(registry, repo, {"app/main.sh": b"#!/bin/sh\necho hi\n"})
     image_digest = registry.put_manifest(repo, "image", manifest, MEDIA_OCI_MANIFEST)
     statement = b'{"_type": "https://in-toto.io/Statement/v0.1"}'
     empty_config = b"{}"
@@ -119,7 +93,13 @@ def push_image(registry: Registry, repo: str, tag: str, files: dict[str, bytes] 
     """A small linux/amd64 image pushed through the API (no engine): one layer holding
     `files` (by default a script; vary it for a new digest) and a CMD, as one OCI image
     manifest tagged `tag`. Returns the manifest's digest."""
-    layer, diff_id = oci_layer(files or {"app/main.sh": b"#!/bin/sh\necho hi\n"})
+    manifest = _image_manifest(registry, repo, files or {"app/main.sh": b"#!/bin/sh\necho hi\n"})
+    return registry.put_manifest(repo, tag, manifest, MEDIA_OCI_MANIFEST)
+
+
+def _image_manifest(registry: Registry, repo: str, files: dict[str, bytes]) -> bytes:
+    """A linux/amd64 OCI image manifest of one layer holding `files`, its blobs pushed."""
+    layer, diff_id = oci_layer(files)
     config = json.dumps(
         {
             "architecture": "amd64",
@@ -128,7 +108,7 @@ def push_image(registry: Registry, repo: str, tag: str, files: dict[str, bytes] 
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         }
     ).encode()
-    manifest = json.dumps(
+    return json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": MEDIA_OCI_MANIFEST,
@@ -146,4 +126,3 @@ def push_image(registry: Registry, repo: str, tag: str, files: dict[str, bytes] 
             ],
         }
     ).encode()
-    return registry.put_manifest(repo, tag, manifest, MEDIA_OCI_MANIFEST)
