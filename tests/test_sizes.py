@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import secrets
 import subprocess
-import tarfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +37,7 @@ from entrypoint.errors import CheckError, InputError, RegistryError
 from entrypoint.registry.client import RANGE_FALLBACK_BYTES, Manifest, RegistryClient
 from entrypoint.registry.transport import CredentialScope, Transport
 from tests.lambda_images import Images
+from tests.support.oci import image_manifest, tar_of
 from tests.support.stack import ECR_PASSWORD, ECR_USER, MEDIA_OCI_MANIFEST
 
 if TYPE_CHECKING:
@@ -400,16 +399,6 @@ def _client(host: str, user: str = ECR_USER, password: str = ECR_PASSWORD) -> Re
     return RegistryClient(Transport(host, user, password, scope=CredentialScope(host)))
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return raw.getvalue()
-
-
 def _zstd(data: bytes, *, streamed: bool) -> bytes:
     """zstd's own CLI: from a pipe it cannot know the size, so it writes none."""
     if streamed:
@@ -422,32 +411,19 @@ def _zstd(data: bytes, *, streamed: bool) -> bytes:
 def _put_image(
     registry: Registry, repo: str, layers: list[tuple[str, bytes]], history: list[dict[str, object]]
 ) -> str:
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": []},
-            "history": history,
-        }
-    ).encode()
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": MEDIA_OCI_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": registry.put_blob(repo, config),
-            "size": len(config),
-        },
-        "layers": [
-            {"mediaType": media_type, "digest": registry.put_blob(repo, blob), "size": len(blob)}
-            for media_type, blob in layers
-        ],
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": history,
     }
-    return registry.put_manifest(repo, "v1", json.dumps(manifest).encode(), MEDIA_OCI_MANIFEST)
+    return registry.put_manifest(
+        repo, "v1", image_manifest(registry, repo, config, layers), MEDIA_OCI_MANIFEST
+    )
 
 
 def test_read_anatomy_of_each_compression(registry: Registry) -> None:
-    data = _tar({"a": secrets.token_bytes(20_000), "b": b"x" * 300_000})
+    data = tar_of({"a": secrets.token_bytes(20_000), "b": b"x" * 300_000})
     oci = "application/vnd.oci.image.layer.v1.tar"
     layers = [
         (oci + "+gzip", gzip.compress(data)),

@@ -281,6 +281,10 @@ class SizeDiff:
     changes: tuple[LayerChange, ...]  # one per current layer, in order
     removed: tuple[LayerInfo, ...]  # previous layers with no counterpart now
 
+    def count(self, status: LayerStatus) -> int:
+        """How many of the current layers have `status`."""
+        return sum(1 for change in self.changes if change.status == status)
+
     @property
     def compared_uncompressed(self) -> bool:
         """Whether `growth` compares uncompressed sizes (else compressed)."""

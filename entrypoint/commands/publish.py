@@ -237,12 +237,9 @@ def size_line(diff: sizes.SizeDiff, env: str) -> str:
     growth = diff.growth or 0
     sign = "+" if growth >= 0 else "-"
     percent = f", {diff.growth_percent:+.1f}%" if diff.growth_percent is not None else ""
-    counts = {
-        status: sum(1 for c in diff.changes if c.status == status) for status in ("reused", "rebuilt", "new")
-    }
     return (
         f"size: {size}; {sign}{sizes.human_bytes(abs(growth))}{percent} against {env}'s previous image "
-        f"({counts['reused']} layers reused, {counts['rebuilt']} rebuilt, {counts['new']} new)"
+        f"({diff.count('reused')} layers reused, {diff.count('rebuilt')} rebuilt, {diff.count('new')} new)"
     )
 
 

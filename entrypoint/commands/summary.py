@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from entrypoint import github
 from entrypoint.checks.lambda_rules import MAX_IMAGE_BYTES
 from entrypoint.checks.sizes import human_bytes
-from entrypoint.registry.reference import ECR_HOST_RE
+from entrypoint.registry.reference import ecr_account_region
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -34,7 +34,6 @@ SHOWN_LAYERS = 40
 _MERMAID_UNSAFE = re.compile(r"[^A-Za-z0-9 ._/@+-]")
 # BuildKit's name of a Dockerfile step, `[2/5] RUN …` or `[build 2/5] RUN …` (not `[internal] …`).
 _DOCKERFILE_STEP = re.compile(r"\[(?:[\w.-]+ )?\d+/\d+\] ")
-_REGION_IN_HOST = re.compile(r"\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws")
 
 
 def report(
@@ -190,12 +189,10 @@ def _pushed_bytes(job: Job) -> int:
 def _links(job: Job) -> list[tuple[str, str]]:
     """The ECR console's pages of the image and its repository (a registry of AWS only)."""
     result = job.result()
-    host = result.registry.lower()
-    if not result.digest or not ECR_HOST_RE.fullmatch(host):
+    ecr = ecr_account_region(result.registry)
+    if not result.digest or ecr is None:
         return []
-    account = host.split(".", 1)[0]
-    match = _REGION_IN_HOST.search(host)
-    region = match.group(1) if match else ""
+    account, region = ecr
     console = (
         f"https://{region}.console.aws.amazon.com/ecr/repositories/private/{account}/{result.repository}"
     )
@@ -297,9 +294,8 @@ def _growth_cell(diff: SizeDiff | None) -> str:
     growth = diff.growth or 0
     percent = f" ({diff.growth_percent:+.1f}%)" if diff.growth_percent is not None else ""
     sign = "+" if growth > 0 else "-" if growth < 0 else "±"
-    counts = {s: sum(1 for c in diff.changes if c.status == s) for s in ("reused", "rebuilt", "new")}
     changed = (
-        f"{counts['reused']} reused, {counts['rebuilt']} rebuilt, {counts['new']} new, "
+        f"{diff.count('reused')} reused, {diff.count('rebuilt')} rebuilt, {diff.count('new')} new, "
         f"{len(diff.removed)} removed"
     )
     same = " (the same image)" if diff.previous.digest == diff.current.digest else ""

@@ -47,7 +47,7 @@ from entrypoint.checks.tfplan import (
 )
 from entrypoint.errors import AwsError, CheckError, RegistryError, RepositoryMissingError, VerifyError
 from entrypoint.registry.ecr import Ecr
-from entrypoint.registry.reference import is_ecr, parse_image_uri
+from entrypoint.registry.reference import ecr_account_region, parse_image_uri
 from entrypoint.registry.session import Session, open_session
 
 if TYPE_CHECKING:
@@ -477,8 +477,9 @@ def _scan_key(row: Finding | _Wanted, region: str) -> _ScanKey:
     uri = parse_image_uri(image)
     if uri is None or uri.digest is None:
         raise AssertionError(f"not a pinned image URI: {image}")  # _row made sure it is
-    if is_ecr(uri.host):
-        account, _, _, host_region, *_ = uri.host.lower().split(".")
+    ecr = ecr_account_region(uri.host)
+    if ecr is not None:
+        account, host_region = ecr
         return host_region, account, uri.repository, uri.digest
     return region, "", uri.repository, uri.digest
 

@@ -17,7 +17,9 @@ REPOSITORY_RE = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-]
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 # Amazon ECR private registries: <account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn].
-ECR_HOST_RE = re.compile(r"\d{12}\.dkr\.ecr(?:-fips)?\.[a-z]{2}(?:-[a-z]+)+-\d{1,2}\.amazonaws\.com(?:\.cn)?")
+ECR_HOST_RE = re.compile(
+    r"(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d{1,2})\.amazonaws\.com(?:\.cn)?"
+)
 
 
 def hostname(host: str) -> str:
@@ -38,6 +40,12 @@ def is_loopback(host: str) -> bool:
 
 def is_ecr(host: str) -> bool:
     return ECR_HOST_RE.fullmatch(host.lower()) is not None
+
+
+def ecr_account_region(host: str) -> tuple[str, str] | None:
+    """The account ID and region an ECR host names; None for any other host."""
+    found = ECR_HOST_RE.fullmatch(host.lower())
+    return (found["account"], found["region"]) if found else None
 
 
 @dataclass(frozen=True)

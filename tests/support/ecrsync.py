@@ -243,7 +243,7 @@ def basic_finding(
     """A finding as ECR's basic scanning writes it."""
     return {
         "name": name,
-        "uri": f"https://security-tracker.debian.org/tracker/{name}",
+        "uri": f"https://nvd.nist.gov/vuln/detail/{name}",
         "severity": severity,
         "attributes": [
             {"key": "package_version", "value": version},

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from tests.support.stack import MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from tests.support.stack import Registry
 
 
@@ -25,14 +27,20 @@ class PushedIndex:
     attestation_digest: str
 
 
-def oci_layer(files: dict[str, bytes]) -> tuple[bytes, str]:
+def tar_of(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar holding `files`."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0), "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+    return raw.getvalue()
+
+
+def oci_layer(files: dict[str, bytes]) -> tuple[bytes, str]:
+    raw = tar_of(files)
+    return gzip.compress(raw, mtime=0), "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def push_index_with_attestation(registry: Registry, repo: str, tag: str = "latest") -> PushedIndex:
@@ -100,29 +108,32 @@ def push_image(registry: Registry, repo: str, tag: str, files: dict[str, bytes] 
 def _image_manifest(registry: Registry, repo: str, files: dict[str, bytes]) -> bytes:
     """A linux/amd64 OCI image manifest of one layer holding `files`, its blobs pushed."""
     layer, diff_id = oci_layer(files)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["/app/main.sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        }
-    ).encode()
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/app/main.sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
+    return image_manifest(registry, repo, config, [("application/vnd.oci.image.layer.v1.tar+gzip", layer)])
+
+
+def image_manifest(
+    registry: Registry, repo: str, config: Mapping[str, object], layers: list[tuple[str, bytes]]
+) -> bytes:
+    """An OCI image manifest of `config` and `layers` (media type, blob), its blobs pushed."""
+    raw_config = json.dumps(config).encode()
     return json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": MEDIA_OCI_MANIFEST,
             "config": {
                 "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": registry.put_blob(repo, config),
-                "size": len(config),
+                "digest": registry.put_blob(repo, raw_config),
+                "size": len(raw_config),
             },
             "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": registry.put_blob(repo, layer),
-                    "size": len(layer),
-                }
+                {"mediaType": media_type, "digest": registry.put_blob(repo, blob), "size": len(blob)}
+                for media_type, blob in layers
             ],
         }
     ).encode()
