@@ -30,8 +30,11 @@ requirements, a target or find-links, and takes only these back from here.
 
 from __future__ import annotations
 
+import configparser
+import contextlib
 import hashlib
 import json
+import locale
 import os
 import re
 import shutil
@@ -39,10 +42,11 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.parse
 import urllib.request
 import venv
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,27 +120,52 @@ NETWORK_OPTIONS = {
 MANY_VALUES = frozenset({"extra-index-url", "trusted-host"})
 
 
-def pip_settings() -> dict[str, str]:
+def pip_configuration_files(env: dict[str, str]) -> list[Path]:
+    """The files `pip install` reads its configuration from, in pip's order (a later one's
+    value wins): site-wide, the user's (legacy, then XDG; not when PIP_CONFIG_FILE names a
+    file that exists), the Python's own, then PIP_CONFIG_FILE's; none when that is
+    os.devnull. The places are pip's own (its platformdirs), the rule pip's
+    Configuration.iter_config_files, whose module is not imported here: it loads pip's
+    console and network stack, a fifth of a second (a third on a fresh runner's cold disk).
+    tests/test_trust_setup.py holds this reading to pip's."""
+    named = env.get("PIP_CONFIG_FILE")
+    if named == os.devnull:
+        return []
+    from pip._internal.utils import appdirs  # noqa: PLC0415 - the runner's pip, once
+
+    name = "pip.conf"
+    files = [Path(folder) / name for folder in appdirs.site_config_dirs("pip")]
+    if not (named and Path(named).exists()):
+        files += [Path("~/.pip").expanduser() / name, Path(appdirs.user_config_dir("pip")) / name]
+    files.append(Path(sys.prefix) / name)
+    return [*files, *([Path(named)] if named else [])]
+
+
+def pip_settings(env: dict[str, str]) -> dict[str, str]:
     """The network settings `pip install` would take from pip's configuration files and
     PIP_* variables, with pip's precedence ([global], then [install], then the variables; a
-    later file over an earlier one). Without pip the caller needs a variable that names the
-    index, or falls back."""
+    later file over an earlier one), each file read as pip reads it (RawConfigParser, keys
+    lower-case with `-` for `_`). Without pip, or with a file pip could not read, the caller
+    needs a variable that names the index, or falls back."""
+    merged: dict[str, str] = {}
     try:
-        # pip's import is a fifth of a second: once, and not at all when variables name both
-        # the index and its certificate.
-        from pip._internal.configuration import Configuration  # noqa: PLC0415
-
-        config = Configuration(isolated=False)
-        config.load()
-        items = [(*key.split(".", 1), value) for key, value in config.items()]
+        for path in pip_configuration_files(env):
+            if not path.exists():
+                continue
+            parser = configparser.RawConfigParser()
+            parser.read(path, encoding=locale.getpreferredencoding(False))
+            for section in parser.sections():
+                for key, value in parser.items(section):
+                    merged[f"{section}.{key.lower().replace('_', '-').removeprefix('--')}"] = value
     except Exception as error:  # noqa: BLE001 - no pip, its internals moved, or its files do not parse
         raise FallBack(f"pip's settings cannot be read here ({type(error).__name__})") from None
     settings: dict[str, str] = {}
-    for section in ("global", "install", ":env:"):
-        for where, key, value in items:
-            if where == section and key in NETWORK_OPTIONS and isinstance(value, str) and value.strip():
+    for section in ("global", "install"):
+        for where_key, value in merged.items():
+            where, _, key = where_key.partition(".")
+            if where == section and key in NETWORK_OPTIONS and value.strip():
                 settings[NETWORK_OPTIONS[key]] = value.strip()
-    return settings
+    return settings | variable_settings(env)
 
 
 def variable_settings(env: dict[str, str]) -> dict[str, str]:
@@ -181,7 +210,7 @@ def index_and_cafile(env: dict[str, str]) -> tuple[str, str | None]:
     settings: dict[str, str] = {}
     if not (named and env.get("PIP_CERT")):  # else pip's files could add nothing used here
         try:
-            settings = pip_settings()
+            settings = pip_settings(env)
         except FallBack:
             if not named:
                 raise
@@ -475,14 +504,24 @@ class Ranking:
         self._ready: Future[tuple[dict[Any, int], Any]] = Future()
 
     def load(self) -> None:
-        from packaging.markers import Marker  # noqa: PLC0415 - imported from its wheel
-        from packaging.tags import sys_tags  # noqa: PLC0415
+        try:
+            from packaging.markers import Marker  # noqa: PLC0415 - imported from its wheel
+            from packaging.tags import sys_tags  # noqa: PLC0415
 
-        self._ready.set_result(({tag: i for i, tag in enumerate(sys_tags())}, Marker))
+            ranking = ({tag: i for i, tag in enumerate(sys_tags())}, Marker)
+        except Exception as error:  # noqa: BLE001 - pip installs the same locks instead
+            self._settle(FallBack(f"packaging could not be loaded ({type(error).__name__})"))
+        else:
+            with contextlib.suppress(InvalidStateError):  # the install already failed
+                self._ready.set_result(ranking)
 
     def fail(self) -> None:
-        if not self._ready.done():
-            self._ready.set_exception(FallBack("packaging could not be loaded"))
+        """Releases the downloads that wait on the ranking, once the install has failed."""
+        self._settle(FallBack("packaging could not be loaded"))
+
+    def _settle(self, error: FallBack) -> None:
+        with contextlib.suppress(InvalidStateError):  # settled by the other thread first
+            self._ready.set_exception(error)
 
     def wheel(self, pin: Pin, files: list[tuple[str, str, str]]) -> tuple[str, str, str] | None:
         """The wheel `pin` needs here, None where its marker excludes this platform."""
@@ -497,6 +536,7 @@ def install(venv_path: Path, package: Path, locks: list[Path], env: dict[str, st
     downloads = Path(tempfile.mkdtemp(prefix=".wheels-", dir=venv_path.parent))
     ranking = Ranking()
     compiler: Compiler | None = None
+    loading: threading.Thread | None = None
     installed: list[str] = []
     pool = ThreadPoolExecutor(CONNECTIONS)
     try:
@@ -522,10 +562,14 @@ def install(venv_path: Path, package: Path, locks: list[Path], env: dict[str, st
         tools = {pool.submit(boot_wheel, pin): pin for pin in boot}
         wanted = {pool.submit(fetch, pin): pin for pin in pins}
         sys.path[:0] = [str(f.result()) for f in tools]
-        ranking.load()
         # Their bytes are the lock's (hash-checked), so importing them before this is safe.
         for tool, pin in tools.items():
             pinned_wheel_tags(tool.result().name, pin)
+        # packaging's tags and markers take a quarter of a second to load (compiled from the
+        # wheel's sources, beside the downloads): only the few compiled wheels wait for them,
+        # the pure ones install meanwhile.
+        loading = threading.Thread(target=ranking.load, name="ranking", daemon=True)
+        loading.start()
         from installer import install as install_wheel  # noqa: PLC0415 - imported from its wheel
         from installer.sources import WheelFile  # noqa: PLC0415
 
@@ -550,6 +594,8 @@ def install(venv_path: Path, package: Path, locks: list[Path], env: dict[str, st
         shutil.rmtree(site / "tests", ignore_errors=True)
     finally:
         ranking.fail()
+        if loading is not None:
+            loading.join()
         pool.shutdown(wait=True, cancel_futures=True)
         if compiler is not None:
             compiler.stop()
@@ -559,7 +605,7 @@ def install(venv_path: Path, package: Path, locks: list[Path], env: dict[str, st
 
 def print_pip_environment(env: dict[str, str]) -> int:
     try:
-        settings = pip_settings()
+        settings = pip_settings(env)
     except FallBack:
         settings = variable_settings(env)  # the fallback's pip fails, or reads these alone
     print("".join(f"{variable}\n" for variable in pip_environment(settings)), end="")

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -174,6 +174,95 @@ def test_only_the_network_settings_of_pip_s_configuration_reach_the_fallback(tmp
     # which pip always reads (never the [download] section's).
     assert set(shown) <= {*_NETWORK_VARIABLES}
     assert "PIP_PROXY" not in shown or "download-only" not in shown["PIP_PROXY"]
+
+
+# pip's own reading of its configuration (pip._internal.configuration), for the runner's
+# pip: what install.py's reading must match without importing it.
+_PIP_OWN_READING = """
+import json, sys
+from pip._internal.configuration import Configuration, get_configuration_files, kinds
+sys.path.insert(0, sys.argv[1])
+from install import NETWORK_OPTIONS, pip_configuration_files, pip_settings
+import os
+env = dict(os.environ)
+config = Configuration(isolated=False)
+config.load()
+theirs = {}
+for section in ("global", "install", ":env:"):
+    for key, value in config.items():
+        where, name = key.split(".", 1)
+        if where == section and name in NETWORK_OPTIONS and isinstance(value, str) and value.strip():
+            theirs[NETWORK_OPTIONS[name]] = value.strip()
+places = get_configuration_files()
+print(json.dumps({
+    "ours": pip_settings(env), "theirs": theirs,
+    "our_files": [str(p) for p in pip_configuration_files(env)],
+    "their_files": [*places[kinds.GLOBAL], *places[kinds.USER], *places[kinds.SITE]],
+}))
+"""
+
+
+def _pip_readings(tmp_path: Path, extra: dict[str, str]) -> dict[str, Any]:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"),
+           "XDG_CONFIG_DIRS": f"{tmp_path / 'site-a'}:{tmp_path / 'site-b'}",
+           "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"), **extra}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", _PIP_OWN_READING, str(INSTALL.parent)],
+        env=env, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+def _conf(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_pip_s_configuration_is_read_as_pip_reads_it_without_importing_pip_s_configuration(
+    tmp_path: Path,
+) -> None:
+    """install.py reads pip's files itself (pip's configuration module takes a fifth of a
+    second to import): the same files in the same order, and the same network settings, as
+    the runner's pip for files in every place pip looks, aliases, underscores, [install] over
+    [global], a later file over an earlier one, and variables over files."""
+    _conf(
+        tmp_path / "site-a" / "pip" / "pip.conf",
+        "[global]\nindex-url = https://site-a.example/simple\ntimeout = 5\ncert = /site-a.pem\n",
+    )
+    _conf(
+        tmp_path / "site-b" / "pip" / "pip.conf",
+        "[DEFAULT]\nproxy = http://default.example:3128\n[global]\nindex_url = https://site-b.example/simple\n"
+        "[install]\nextra-index-url = https://x.example/simple\n  https://y.example/simple\n",
+    )
+    _conf(tmp_path / "home" / ".pip" / "pip.conf", "[global]\ntrusted-host = legacy.example\n")
+    _conf(
+        tmp_path / "home" / ".config" / "pip" / "pip.conf",
+        "[global]\ndefault-timeout = 9\ntrusted-host = xdg.example\n"
+        "[install]\nindex-url = https://user.example/simple\n",
+    )
+    read = _pip_readings(tmp_path, {"PIP_CLIENT_CERT": "/client.pem"})
+    assert read["our_files"] == read["their_files"]
+    assert read["ours"] == read["theirs"]
+    assert read["ours"]["index-url"] == "https://user.example/simple"
+    assert read["ours"]["trusted-host"] == "xdg.example"
+    assert read["ours"]["client-cert"] == "/client.pem"
+
+    # PIP_CONFIG_FILE: read last, and the user's files are skipped when it exists.
+    named = _conf(tmp_path / "named.conf", "[global]\ncert = /named.pem\n")
+    read = _pip_readings(tmp_path, {"PIP_CONFIG_FILE": str(named)})
+    assert read["ours"] == read["theirs"]
+    assert read["ours"]["cert"] == "/named.pem"
+    assert read["ours"]["index-url"] == "https://site-b.example/simple"  # the user's [install] is not read
+
+    # os.devnull: no file at all, the variables alone.
+    read = _pip_readings(
+        tmp_path, {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "https://v.example/simple"}
+    )
+    assert read["ours"] == read["theirs"]
+    assert read["ours"].get("index-url") == "https://v.example/simple"
+    assert "cert" not in read["ours"] or read["ours"]["cert"] != "/site-a.pem"
 
 
 # --- B: the index's JSON names where a wheel comes from and what it is called ------------------
