@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 from typing import TYPE_CHECKING
 
 import docker.errors
@@ -96,6 +98,41 @@ def test_unchanged_sources_skip_the_build_on_an_empty_engine(
     assert registry.manifest(repo, service.head)[0] == first.outputs["digest"]
     # No image was pulled or built: the engine is still empty of ours.
     assert docker_client.images.list(name=repo) == []
+
+
+def test_a_skipped_build_stops_the_builder_probe_instead_of_waiting_for_it(
+    service: Workspace,
+    registry: Registry,
+    ecr_repository: MakeRepository,
+    tmp_path: Path,
+) -> None:
+    """The builder probe (docker buildx runs, a fifth of a second on a cold Docker 28) runs
+    beside the ECR login; once the image is found already built nothing waits for it: its
+    CLI runs are killed, none is left running. Here buildx hangs: waited for, the publish
+    would fail after the probe's 30 s timeout."""
+    repo = ecr_repository()
+    publish(service, registry, repo, tmp_path)
+    real = shutil.which("docker")
+    assert real is not None
+    started = tmp_path / "buildx-pids"
+    wrapper = tmp_path / "hanging-buildx"
+    wrapper.mkdir()
+    (wrapper / "docker").write_text(
+        f'#!/bin/sh\nif [ "$1" = buildx ]; then echo $$ >> {started}; exec sleep 300; fi\nexec {real} "$@"\n'
+    )
+    (wrapper / "docker").chmod(0o755)
+    service.commit_files({"docs/notes.txt": "again\n"}, "docs only")
+    again = publish_in(
+        service.path, registry.host, tmp_path, repository=repo,
+        env={"PATH": f"{wrapper}{os.pathsep}{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert again.code == 0, again.log
+    assert SKIPPED in again.stdout, again.stdout
+    pids = [int(pid) for pid in started.read_text().split()]
+    assert pids, "the probe never ran docker buildx"
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from entrypoint.engine.endpoint import client_environment
 from entrypoint.errors import BuildError, EngineError
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Iterator, Mapping
     from pathlib import Path
 
@@ -77,18 +79,39 @@ class BuildResult:
         return tuple(s.name for s in self.steps if s.cached)
 
 
-def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+class ProbeStopped(Exception):
+    """The builder probe was stopped: nothing is going to build."""
+
+
+def _run(
+    argv: list[str], timeout: float = 30, stop: threading.Event | None = None
+) -> subprocess.CompletedProcess[str]:
     """A docker CLI run that is not the build (inspect, version, create, bootstrap): with the
     allow-listed environment the build's CLI gets, never the job's AWS credentials or tokens
-    (the CLI reaching an ssh:// engine runs ssh with it, too)."""
-    return subprocess.run(
-        argv, capture_output=True, text=True, check=False, timeout=timeout, env=client_environment(os.environ)
-    )
+    (the CLI reaching an ssh:// engine runs ssh with it, too). `stop`: once set, the run is
+    killed and ProbeStopped raised (a read-only probe nobody waits for any more)."""
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_environment(os.environ)
+    ) as process:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                out, err = process.communicate(timeout=max(0.0, min(left, 0.05) if stop else left))
+            except subprocess.TimeoutExpired:
+                if (stop is None or not stop.is_set()) and time.monotonic() < deadline:
+                    continue
+                process.kill()
+                process.communicate()
+                if stop is not None and stop.is_set():
+                    raise ProbeStopped from None
+                raise
+            return subprocess.CompletedProcess(argv, process.returncode, out, err)
 
 
-def detect_builder(name: str | None = None) -> Builder:
+def detect_builder(name: str | None = None, stop: threading.Event | None = None) -> Builder:
     """The builder the CLI offers: buildx's current one, plain BuildKit `docker build` on
-    Docker < 23, or the buildx builder `name`, used as it is."""
+    Docker < 23, or the buildx builder `name`, used as it is. `stop`: see _run."""
     cli = shutil.which("docker")
     if not cli:
         raise EngineError(
@@ -100,8 +123,8 @@ def detect_builder(name: str | None = None) -> Builder:
         # command): about 0.15 s apiece on Docker 28, so the two run at once. Where buildx is
         # missing, the inspect fails as well and is not read.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="buildx-probe") as pool:
-            asked = pool.submit(_run, [cli, "buildx", "inspect", *([name] if name else [])])
-            buildx = _run([cli, "buildx", "version"])
+            asked = pool.submit(_run, [cli, "buildx", "inspect", *([name] if name else [])], stop=stop)
+            buildx = _run([cli, "buildx", "version"], stop=stop)
             inspect = asked.result()
         if buildx.returncode == 0:
             if name and inspect.returncode != 0:
@@ -113,7 +136,7 @@ def detect_builder(name: str | None = None) -> Builder:
                 )
             driver = builder_settings(inspect.stdout).driver or "docker"
             return Builder("buildx", cli, buildx.stdout.strip(), driver, name, chosen=name is not None)
-        client = _run([cli, "version", "--format", "{{.Client.Version}}"])
+        client = _run([cli, "version", "--format", "{{.Client.Version}}"], stop=stop)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EngineError(f"the docker CLI at {cli} does not run: {exc}", "reinstall Docker") from exc
     version = client.stdout.strip()

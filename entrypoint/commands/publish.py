@@ -282,13 +282,21 @@ class EngineProbe:
     def __init__(self, mode: cache.CacheMode, builder_name: str | None = None) -> None:
         self._engine: Future[Engine] = Future()
         self._builder: Future[tuple[buildkit.Builder, cache.CacheSupport]] = Future()
-        threading.Thread(target=self._probe, args=(mode, builder_name), name="engine-probe").start()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, args=(mode, builder_name), name="engine-probe")
+        self._thread.start()
 
     def engine(self) -> Engine:
         return self._engine.result()
 
     def builder(self) -> tuple[buildkit.Builder, cache.CacheSupport]:
         return self._builder.result()
+
+    def stop_builder(self) -> None:
+        """Nothing will build: the builder probe's CLI runs still going (cold, a Docker 28
+        CLI and its buildx plugin take a fifth of a second) are killed, not waited for."""
+        self._stop.set()
+        self._thread.join()
 
     def _probe(self, mode: cache.CacheMode, builder_name: str | None) -> None:
         try:
@@ -300,7 +308,7 @@ class EngineProbe:
             return
         self._engine.set_result(engine)
         try:
-            builder = _on_store(named or buildkit.detect_builder(), engine)
+            builder = _on_store(named or buildkit.detect_builder(stop=self._stop), engine)
             self._builder.set_result((builder, cache.check_supported(mode, builder)))
         except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
             self._builder.set_exception(exc)

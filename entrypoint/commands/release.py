@@ -116,6 +116,10 @@ class _Builders:
             return self.made
 
 
+def _no_build() -> buildkit.Builder:
+    raise AssertionError("a reused image is tagged, never built")
+
+
 def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> ReleaseResult:
     first = release.images[0][1]
     commit = resolve_commit(first.workspace, environ)
@@ -140,18 +144,26 @@ def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> Relea
     if release.single and jobs[0].target is not None:
         # The lookup needs the engine only; the build or the commit tag come after the check.
         publish.look_up(jobs[0], probe.engine(), early)
+    # One image found already built: nothing builds, and the builder probe is stopped rather
+    # than waited for.
+    reused = release.single and jobs[0].manifest is not None
     with github.stage("check the Docker engine"):
         engine = probe.engine()
-        builder, support = probe.builder()
         github.info(f"  engine: {engine.endpoint.describe()}, {engine.architecture}")
-        named = f" '{builder.name}' (input 'builder', used as it is)" if builder.chosen else ""
-        github.info(f"  builder{named}: {builder.kind} ({builder.version}), driver {builder.driver}")
-        if support.note:
-            github.info(f"  cache: {support.note}")
+        if reused:
+            probe.stop_builder()
+        else:
+            builder, support = probe.builder()
+            named = f" '{builder.name}' (input 'builder', used as it is)" if builder.chosen else ""
+            github.info(f"  builder{named}: {builder.kind} ({builder.version}), driver {builder.driver}")
+            if support.note:
+                github.info(f"  cache: {support.note}")
 
     seconds: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
-        builders = _Builders(builder, support, publish.loopback_registry(first), stack)
+        builders: Callable[[], buildkit.Builder] = (
+            _no_build if reused else _Builders(builder, support, publish.loopback_registry(first), stack)
+        )
         if release.single:
             publish.produce(jobs[0], engine, builders, contextlib.nullcontext())
         else:
@@ -244,7 +256,11 @@ def _plan(jobs: list[Job], release: ReleaseInputs, environ: Mapping[str, str]) -
 
 
 def _produce_all(
-    jobs: list[Job], parallel: int, session: Session | None, engine: Engine, builders: _Builders
+    jobs: list[Job],
+    parallel: int,
+    session: Session | None,
+    engine: Engine,
+    builders: Callable[[], buildkit.Builder],
 ) -> dict[str, float]:
     """Each image in a worker of its own; at most `parallel` of them build at once."""
     slots = threading.BoundedSemaphore(parallel)
