@@ -26,7 +26,14 @@ import pytest
 import requests
 
 from entrypoint.build import cli_env
-from tests.support.engines import Engine, engine_fixture, sid_engine, sid_versions, unavailable_reason
+from tests.support.engines import (
+    ENGINE_PORTS,
+    Engine,
+    engine_fixture,
+    sid_engine,
+    sid_versions,
+    unavailable_reason,
+)
 from tests.support.stack import ECR_PASSWORD, ECR_USER, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX
 
 if TYPE_CHECKING:
@@ -238,6 +245,8 @@ def test_a_port_published_on_the_engines_loopback_is_reached_on_the_hosts(
                            "httpd", "-f", "-p", "8080", "-h", "/etc").stdout.strip()  # fmt: skip
     try:
         port = int(engine.cli("port", container, "8080/tcp").stdout.split(":")[-1])
+        # Outside the host's ephemeral range, which the host's own sockets take from.
+        assert ENGINE_PORTS[0] <= port <= ENGINE_PORTS[1]
         deadline = time.monotonic() + 10
         while True:
             try:

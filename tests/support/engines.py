@@ -83,6 +83,8 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 START_TIMEOUT_S = 90.0
 _CHUNK = 256 * 1024
+# Ports a sid engine publishes on: see sid_engine.
+ENGINE_PORTS = (20000, 28999)
 
 
 def sid_versions() -> dict[str, str]:
@@ -684,6 +686,12 @@ def sid_engine(
         stat = Path(f"/var/run/netns/{namespace}").stat()
         netns = (stat.st_dev, stat.st_ino)
         _run("ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up")
+        # The engine picks published ports from its namespace's ephemeral range, and each is
+        # mirrored on the host's loopback: outside the host's own range (32768-60999), where
+        # the host's client sockets and its engine's published ports live, so the two never
+        # want the same port ("port 32768 not mirrored: Address already in use").
+        port_range = f"echo '{ENGINE_PORTS[0]} {ENGINE_PORTS[1]}' > /proc/sys/net/ipv4/ip_local_port_range"
+        _run("ip", "netns", "exec", namespace, "sh", "-c", port_range)
         engine.cli_bin.mkdir()
         (engine.cli_bin / "docker").symlink_to(SID_DOCKER)
         engine.make_docker_config(engine.docker_config)
