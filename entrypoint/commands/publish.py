@@ -272,30 +272,40 @@ def verify(job: Job) -> None:
 
 
 class EngineProbe:
-    """The engine, then its builder, probed in a thread of their own from the start, while
-    the ECR login runs. The engine answers in one API call and the source lookup needs it;
-    the builder takes a few docker CLI runs (a third of a second on Docker 28) and is waited
-    for only by the stage that reports it, after the lookup. The engine is asked first, so
-    one that does not answer is the one error line, before CLI probes wait on it; a named
-    builder comes first instead, as its Docker context decides which engine that is."""
+    """The engine, then its builder, probed in a thread of their own. The engine is asked
+    from the start, while the ECR login runs: it answers in one API call and the source
+    lookup needs it. The builder takes a few docker CLI runs (cold, a Docker 28 CLI and its
+    buildx plugin read a hundred megabytes from disk: a third of a second, which the login
+    and the imports beside it pay as well) and only a build needs it: with `lazy`, for one
+    image whose lookup may find it built, they start when `want_builder` says the lookup
+    has begun, and `stop_builder` kills them when it found the image. A named builder comes
+    first instead, as its Docker context decides which engine that is."""
 
-    def __init__(self, mode: cache.CacheMode, builder_name: str | None = None) -> None:
+    def __init__(self, mode: cache.CacheMode, builder_name: str | None = None, *, lazy: bool = False) -> None:
         self._engine: Future[Engine] = Future()
         self._builder: Future[tuple[buildkit.Builder, cache.CacheSupport]] = Future()
         self._stop = threading.Event()
+        self._go = threading.Event()
+        if not lazy:
+            self._go.set()
         self._thread = threading.Thread(target=self._probe, args=(mode, builder_name), name="engine-probe")
         self._thread.start()
 
     def engine(self) -> Engine:
         return self._engine.result()
 
+    def want_builder(self) -> None:
+        self._go.set()
+
     def builder(self) -> tuple[buildkit.Builder, cache.CacheSupport]:
+        self._go.set()
         return self._builder.result()
 
     def stop_builder(self) -> None:
-        """Nothing will build: the builder probe's CLI runs still going (cold, a Docker 28
-        CLI and its buildx plugin take a fifth of a second) are killed, not waited for."""
+        """Nothing will build: the builder probe's CLI runs still going are killed, not
+        waited for."""
         self._stop.set()
+        self._go.set()
         self._thread.join()
 
     def _probe(self, mode: cache.CacheMode, builder_name: str | None) -> None:
@@ -307,6 +317,7 @@ class EngineProbe:
             self._builder.set_exception(exc)
             return
         self._engine.set_result(engine)
+        self._go.wait()
         try:
             builder = _on_store(named or buildkit.detect_builder(stop=self._stop), engine)
             self._builder.set_result((builder, cache.check_supported(mode, builder)))

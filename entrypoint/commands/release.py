@@ -128,10 +128,20 @@ def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> Relea
     with github.stage("plan"):
         _plan(jobs, release, environ)
 
-    # The engine and builder probes (an API call, then a few docker CLI runs) overlap the ECR
-    # login (network round trips) and, for one image, the source lookup: none of them has a
-    # side effect, and a fault in any is reported all the same.
-    probe = publish.EngineProbe(first.cache, first.builder)
+    # The engine probe (an API call) overlaps the ECR login (network round trips); the builder
+    # probe (docker CLI runs) too, unless the one image's lookup can find it built: then it
+    # overlaps the lookup, and is stopped if nothing is to build. Neither has a side effect.
+    probe = publish.EngineProbe(first.cache, first.builder, lazy=release.single and first.push)
+    try:
+        return _publish(release, jobs, probe, began)
+    finally:
+        probe.stop_builder()  # after a fault, a lazy probe still waits to be told
+
+
+def _publish(
+    release: ReleaseInputs, jobs: list[Job], probe: publish.EngineProbe, began: float
+) -> ReleaseResult:
+    first = release.images[0][1]
     # One image's fingerprint (the context hashed, base images resolved) is computed during
     # the login too; with several, each image's worker computes its own.
     early = publish.fingerprint_early(jobs[0], probe.engine) if release.single and first.push else None
@@ -141,6 +151,7 @@ def publish_release(release: ReleaseInputs, environ: Mapping[str, str]) -> Relea
             session = publish.log_in(first)
             if release.single:
                 publish.connect(jobs[0], session)
+    probe.want_builder()
     if release.single and jobs[0].target is not None:
         # The lookup needs the engine only; the build or the commit tag come after the check.
         publish.look_up(jobs[0], probe.engine(), early)
