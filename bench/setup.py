@@ -64,6 +64,8 @@ from tests.support.stack import (
 
 README = REPO_ROOT / "README.md"
 RESULTS = REPO_ROOT / "bench" / "setup-results.md"
+LOGS = REPO_ROOT / "bench" / "logs" / "setup"
+STAMP = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
 START, END = "<!-- bench-setup:start -->", "<!-- bench-setup:end -->"
 REGION = "eu-west-2"
 # The set-up as v1.0.0 shipped it (scripts/action-python.sh at that release), for comparison.
@@ -202,6 +204,9 @@ def whole_action(
             cache = tmp / f"act-{run}"
             fresh_page_cache()
             again = run_act(workflow, workspace.path, action, env=aws, cache=cache)
+            # Every sample's act log is kept: an outlier can then be explained.
+            LOGS.mkdir(parents=True, exist_ok=True)
+            (LOGS / f"setup-{kind}-{STAMP}-run{run + 1}.log").write_text(again.log)
             if again.code != 0 or "build skipped" not in again.log:
                 raise SystemExit(again.log)
             for name, found in times.items():

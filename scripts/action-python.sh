@@ -219,6 +219,10 @@ if [ "$status" = 3 ]; then
   # Emptied, not removed: the folder keeps its mode 0700 and its name.
   find "$venv" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +
   mv "$log" "$work/fast.log"
+  # Seconds slower than the fast path: say why, so a slow set-up is explained in the log. URLs
+  # are left out: a private index can carry a token in its path.
+  why="$(tail -n 1 "$work/fast.log" | sed -E 's#[A-Za-z][A-Za-z0-9+.-]*://[^ ]*#<URL>#g')"
+  echo "The fast installer cannot be used here ($why): pip installs the same locks, with the same hashes."
   if ! "$python" -I -m venv --without-pip "$venv" >"$log" 2>&1; then
     explain "making the action's venv"
   fi

@@ -127,6 +127,8 @@ def test_a_pip_conf_cannot_add_a_package_to_the_fallback(tmp_path: Path, config:
     assert not marker.exists(), "the pip.conf's package ran in the action's Python"
     assert done.returncode == 0, done.stdout + done.stderr
     assert "s3cret" not in done.stdout + done.stderr
+    said = "fast installer cannot be used here (fast install not used: the index URL carries credentials)"
+    assert said in done.stdout
     fetched = sorted(r.path for r in server.requests if r.path.startswith("/files/"))
     # The index the pip.conf names is still the one used, with its credentials; evil is never fetched.
     assert fetched == [f"/files/{ALPHA[0]}"]
