@@ -147,7 +147,7 @@ def pip_settings(env: dict[str, str]) -> dict[str, str]:
     later file over an earlier one), each file read as pip reads it (RawConfigParser, keys
     lower-case with `-` for `_`). Without pip, or with a file pip could not read, the caller
     needs a variable that names the index, or falls back."""
-    merged: dict[str, str] = {}
+    merged: dict[tuple[str, str], str] = {}  # (section, key): value
     try:
         for path in pip_configuration_files(env):
             if not path.exists():
@@ -156,13 +156,12 @@ def pip_settings(env: dict[str, str]) -> dict[str, str]:
             parser.read(path, encoding=locale.getpreferredencoding(False))
             for section in parser.sections():
                 for key, value in parser.items(section):
-                    merged[f"{section}.{key.lower().replace('_', '-').removeprefix('--')}"] = value
+                    merged[section, key.lower().replace("_", "-").removeprefix("--")] = value
     except Exception as error:  # noqa: BLE001 - no pip, its internals moved, or its files do not parse
         raise FallBack(f"pip's settings cannot be read here ({type(error).__name__})") from None
     settings: dict[str, str] = {}
     for section in ("global", "install"):
-        for where_key, value in merged.items():
-            where, _, key = where_key.partition(".")
+        for (where, key), value in merged.items():
             if where == section and key in NETWORK_OPTIONS and value.strip():
                 settings[NETWORK_OPTIONS[key]] = value.strip()
     return settings | variable_settings(env)
@@ -516,7 +515,8 @@ class Ranking:
                 self._ready.set_result(ranking)
 
     def fail(self) -> None:
-        """Releases the downloads that wait on the ranking, once the install has failed."""
+        """Releases the downloads that wait on the ranking, if the install ends before it
+        loads (a no-op once it has)."""
         self._settle(FallBack("packaging could not be loaded"))
 
     def _settle(self, error: FallBack) -> None:
@@ -568,7 +568,7 @@ def install(venv_path: Path, package: Path, locks: list[Path], env: dict[str, st
         # packaging's tags and markers take a quarter of a second to load (compiled from the
         # wheel's sources, beside the downloads): only the few compiled wheels wait for them,
         # the pure ones install meanwhile.
-        loading = threading.Thread(target=ranking.load, name="ranking", daemon=True)
+        loading = threading.Thread(target=ranking.load, name="ranking")
         loading.start()
         from installer import install as install_wheel  # noqa: PLC0415 - imported from its wheel
         from installer.sources import WheelFile  # noqa: PLC0415

@@ -106,8 +106,8 @@ def test_a_skipped_build_stops_the_builder_probe_instead_of_waiting_for_it(
     ecr_repository: MakeRepository,
     tmp_path: Path,
 ) -> None:
-    """The builder probe (docker buildx runs, a fifth of a second on a cold Docker 28) runs
-    beside the ECR login; once the image is found already built nothing waits for it: its
+    """The builder probe (docker buildx runs, a fifth of a second on a cold Docker 28) starts
+    with the source lookup; once the image is found already built nothing waits for it: its
     CLI runs are killed, none is left running. Here buildx hangs: waited for, the publish
     would fail after the probe's 30 s timeout."""
     repo = ecr_repository()
